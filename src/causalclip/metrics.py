@@ -1,0 +1,110 @@
+"""Evaluation metrics, computed the way every peer does (METHOD.md section 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+
+__all__ = ["MetricsError", "balanced_indices", "binary_metrics", "per_generator_metrics", "probe_accuracy"]
+
+METRIC_COLUMNS = ["generator", "n_real", "n_fake", "ap", "acc", "real_acc", "fake_acc"]
+
+
+class MetricsError(ValueError):
+    """Metrics are undefined for the given data (e.g. a test set with one class only)."""
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float = 0.5, name: str = "") -> dict:
+    """AP (fake = positive) and accuracy at ``threshold`` overall, on reals and on fakes.
+
+    ``scores`` are probabilities of fake; a sample is called fake when score > threshold. Needs both classes.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape or labels.ndim != 1:
+        raise MetricsError(
+            f"{name or 'metrics'}: labels {labels.shape} and scores {scores.shape} must be 1-D and equal"
+        )
+    n_fake = int((labels == 1).sum())
+    n_real = int((labels == 0).sum())
+    if n_real == 0 or n_fake == 0:
+        raise MetricsError(
+            f"{name or 'test set'}: AP and accuracy need both real and fake samples, got {n_real} real and {n_fake} fake"
+        )
+    if not np.isfinite(scores).all():
+        raise MetricsError(f"{name or 'test set'}: scores contain NaN or inf")
+    pred = (scores > threshold).astype(np.int64)
+    correct = pred == labels
+    return {
+        "n_real": n_real,
+        "n_fake": n_fake,
+        "ap": float(average_precision_score(labels, scores)),
+        "acc": float(correct.mean()),
+        "real_acc": float(correct[labels == 0].mean()),
+        "fake_acc": float(correct[labels == 1].mean()),
+    }
+
+
+def per_generator_metrics(predictions: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
+    """One row per generator (columns METRIC_COLUMNS) plus a final ``mean`` row (mean of the per-generator
+    metrics; sample counts are summed). ``predictions`` has columns generator, label, score."""
+    rows = []
+    for gen, grp in predictions.groupby("generator", sort=False):
+        m = binary_metrics(
+            grp["label"].to_numpy(), grp["score"].to_numpy(), threshold=threshold, name=f"generator {gen!r}"
+        )
+        rows.append({"generator": gen, **m})
+    table = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    mean = {"generator": "mean", "n_real": int(table["n_real"].sum()), "n_fake": int(table["n_fake"].sum())}
+    for col in ("ap", "acc", "real_acc", "fake_acc"):
+        mean[col] = float(table[col].mean())
+    return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
+
+
+def balanced_indices(
+    labels: np.ndarray, groups: Iterable, *, seed: int, max_per_class: int | None = None
+) -> np.ndarray:
+    """Seeded sampling of equal numbers of reals and fakes within each group (min of the two counts, capped at
+    ``max_per_class``). Returns sorted row indices. Groups with a single class are returned whole, so that the
+    metrics step reports them as errors instead of hiding them."""
+    labels = np.asarray(labels)
+    groups = np.asarray(list(groups), dtype=object)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for g in pd.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        real, fake = idx[labels[idx] == 0], idx[labels[idx] == 1]
+        n = min(len(real), len(fake))
+        if n == 0:
+            keep.append(idx)
+            continue
+        if max_per_class is not None:
+            n = min(n, max_per_class)
+        keep.append(np.sort(rng.choice(real, n, replace=False)))
+        keep.append(np.sort(rng.choice(fake, n, replace=False)))
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def probe_accuracy(x: np.ndarray, y: np.ndarray, *, seed: int = 0, max_samples: int = 4000) -> float:
+    """Held-out accuracy of a fresh logistic-regression probe predicting y from x (half fit, half test).
+
+    Measures how much label information a representation still carries, independently of any adversary that
+    the training game may have fooled. Near 0.5 = no linearly recoverable information.
+    """
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(y))[:max_samples]
+    x, y = np.asarray(x, dtype=np.float64)[idx], np.asarray(y)[idx]
+    half = len(y) // 2
+    if half < 2 or len(np.unique(y[:half])) < 2 or len(np.unique(y[half:])) < 2:
+        return float("nan")
+    # Standardise with the fit half's statistics; constant (masked-out) dimensions stay 0.
+    mu, sd = x[:half].mean(0), x[:half].std(0)
+    sd[sd < 1e-12] = 1.0
+    xs = (x - mu) / sd
+    clf = LogisticRegression(max_iter=300, C=1.0)
+    clf.fit(xs[:half], y[:half])
+    return float((clf.predict(xs[half:]) == y[half:]).mean())
