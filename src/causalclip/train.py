@@ -269,7 +269,7 @@ def train(
     history: list[dict[str, Any]] = []
     freq_history: list[np.ndarray] = []
     best_score, best_epoch, best_state, bad_epochs = -math.inf, 0, None, 0
-    lr = cfg.lr
+    lr, n_decays = cfg.lr, 0
     stop_reason = f"reached {cfg.epochs} epochs"
     y_all = torch.from_numpy(tr.labels.copy())
     for epoch in range(1, cfg.epochs + 1):
@@ -351,8 +351,9 @@ def train(
             if not cfg.lr_decay_on_plateau:
                 stop_reason = f"no val {cfg.early_stop_metric} improvement for {cfg.patience} epochs"
                 break
-            lr /= 10.0
-            if lr < cfg.min_lr:
+            n_decays += 1
+            lr = cfg.lr / 10**n_decays  # not lr /= 10: repeated division drifts (1e-4/10/10 > 1e-6)
+            if lr < cfg.min_lr * (1 - 1e-9):
                 stop_reason = f"plateau with lr {lr:.1e} < min_lr {cfg.min_lr:.1e}"
                 break
             for opt in opts.values():

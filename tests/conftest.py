@@ -1,0 +1,42 @@
+"""Shared fixtures: small feature sets written through the public writer, in temp dirs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from causalclip import write_feature_set
+from causalclip.synthetic import SCMSpec, write_scm_benchmark
+
+SMALL_SPEC = SCMSpec(dim=48, n_causal=8, n_specific=8, n_generators=3, nuisance_rank=4)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # Deterministic and fast on the 2-core CI machine.
+    torch.set_num_threads(1)
+
+
+def make_samples(n: int, *, generator: str = "g", seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    rng.shuffle(labels)
+    return pd.DataFrame({"path": [f"img/{i:05d}.png" for i in range(n)], "label": labels, "generator": generator})
+
+
+@pytest.fixture(scope="session")
+def scm_sets(tmp_path_factory):
+    """train/val/test SCM feature sets (dim 48, 3 generators), written once per session."""
+    root = tmp_path_factory.mktemp("scm")
+    return write_scm_benchmark(root, SMALL_SPEC, n_train=600, n_val=200, n_test=150)
+
+
+@pytest.fixture
+def tiny_set(tmp_path):
+    """A 64 x 16 float32 feature set with balanced labels."""
+    rng = np.random.default_rng(0)
+    df = make_samples(64)
+    x = rng.normal(size=(64, 16)).astype(np.float32) + df["label"].to_numpy()[:, None] * 0.5
+    return write_feature_set(tmp_path / "tiny", x, df, meta={"backbone": {"name": "test"}})
