@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests never touch the network: Hugging Face reads this when it is first imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 import numpy as np
 import pandas as pd
 import pytest

@@ -10,8 +10,10 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .backbones import BackboneError
 from .checkpoint import CheckpointError
 from .config import ConfigError
+from .extract import ExtractError
 from .features import FeatureSetError, open_feature_set
 from .heads import ABLATIONS, HEADS
 from .metrics import MetricsError
@@ -19,7 +21,17 @@ from .metrics import MetricsError
 log = logging.getLogger("causalclip")
 
 # Errors that mean "bad input": reported as one line naming the file, exit code 2, no traceback.
-USER_ERRORS = (ConfigError, FeatureSetError, CheckpointError, MetricsError, FileExistsError, ValueError, KeyError)
+USER_ERRORS = (
+    ConfigError,
+    FeatureSetError,
+    CheckpointError,
+    MetricsError,
+    BackboneError,
+    ExtractError,
+    FileExistsError,
+    ValueError,
+    KeyError,
+)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -67,6 +79,83 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time of the record (tests and notebooks replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _parse_pairs(items: Sequence[str] | None) -> dict[str, tuple[str, str]] | None:
+    if not items:
+        return None
+    pairs = {}
+    for item in items:
+        name, sep, roots = item.partition("=")
+        real, sep2, fake = roots.partition(":")
+        if not (sep and sep2 and name and real and fake):
+            raise ValueError(f"--pair {item!r}: expected NAME=REAL_DIR:FAKE_DIR")
+        pairs[name] = (real, fake)
+    return pairs
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .backbones import load_backbone
+    from .extract import ExtractConfig, extract
+    from .imageio import Augmentation, Perturbation
+    from .layouts import list_samples
+
+    listing = list_samples(
+        args.root,
+        args.layout,
+        split=args.split,
+        pairs=_parse_pairs(args.pair),
+        max_per_class=args.max_per_class,
+        seed=args.seed,
+        generator=args.generator,
+    )
+    if len(listing.samples) == 0:
+        raise ValueError(f"{args.root}: the {args.layout} layout found no images")
+    backbone = load_backbone(
+        args.backbone,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        feature=args.feature,
+        normalize=args.normalize,
+        preprocessing_mode=args.preprocess,
+    )
+    config = ExtractConfig(
+        batch_size=args.batch_size, shard_size=args.shard_size, workers=args.workers, storage_dtype=args.dtype
+    )
+    res = extract(
+        listing.samples,
+        root=listing.root,
+        out=args.out,
+        backbone=backbone,
+        perturbation=Perturbation(jpeg_quality=args.jpeg, blur_sigma=args.blur),
+        augmentation=Augmentation() if args.augment else None,
+        augment_seed=args.seed,
+        config=config,
+        ignored=listing.ignored,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(
+        f"{res.out}: {res.n_ok} of {res.n_planned} images extracted ({res.n_extracted_now} in this run, "
+        f"{res.images_per_s:.2f} images/s); {len(res.errors)} input(s) not used"
+    )
+    if len(res.errors):
+        for reason, count in res.errors["reason"].value_counts().items():
+            print(f"  {count:>6} x {reason}")
+        print(f"  every one is listed in {res.out / 'errors.csv'}")
+        return 1
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     fs = open_feature_set(args.dir)
     counts = fs.samples.groupby(["generator", "label"]).size().unstack(fill_value=0)
@@ -111,6 +200,39 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=_cmd_evaluate)
 
+    x = sub.add_parser(
+        "extract",
+        help="images -> cached backbone features (resumable)",
+        description="Extract frozen-backbone features of a dataset into a feature set. Run the same command again "
+        "to resume after an interruption. Exits 1 if some inputs could not be used (listed in OUT/errors.csv).",
+    )
+    x.add_argument("root", metavar="ROOT", help="dataset folder (or manifest file for --layout manifest)")
+    x.add_argument("--layout", required=True, help="genimage, cnndetection, pairs, folders or manifest")
+    x.add_argument("--split", help="train / val / test, where the layout has splits")
+    x.add_argument("--generator", help="generator name when ROOT is a single generator's folder")
+    x.add_argument("--pair", action="append", metavar="NAME=REAL:FAKE", help="pairs layout: a generator's roots")
+    x.add_argument("--backbone", default="openai/clip-vit-large-patch14", metavar="ID_OR_PATH")
+    x.add_argument("--feature", choices=["image_embeds", "pooled"], default="image_embeds")
+    x.add_argument("--normalize", action="store_true", help="L2-normalise the features")
+    x.add_argument("--preprocess", choices=["crop", "clip"], default="crop", help="crop: centre crop, no resize")
+    x.add_argument("--jpeg", type=int, metavar="Q", help="perturbation: re-encode as JPEG at quality Q")
+    x.add_argument("--blur", type=float, metavar="SIGMA", help="perturbation: Gaussian blur (before JPEG)")
+    x.add_argument(
+        "--augment", action="store_true", help="training augmentation: blur p=0.1, JPEG p=0.1 (one draw per image)"
+    )
+    x.add_argument("--out", required=True, metavar="DIR")
+    x.add_argument("--max-per-class", type=int, help="balanced seeded sampling: at most N per generator and class")
+    x.add_argument("--seed", type=int, default=0, help="seed of --max-per-class sampling and --augment")
+    x.add_argument("--batch-size", type=int, default=16)
+    x.add_argument("--shard-size", type=int, default=4096)
+    x.add_argument("--workers", type=int, default=1, help="decoding processes")
+    x.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
+    x.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    x.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    x.add_argument("--device", default="cpu")
+    x.add_argument("-q", "--quiet", action="store_true")
+    x.set_defaults(func=_cmd_extract)
+
     i = sub.add_parser("inspect", help="validate and summarise a feature set", description="Validate a feature set.")
     i.add_argument("dir", metavar="DIR")
     i.set_defaults(func=_cmd_inspect)
@@ -119,9 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr, force=True
-    )
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
     try:
         return args.func(args)
     except USER_ERRORS as exc:

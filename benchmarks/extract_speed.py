@@ -1,0 +1,269 @@
+"""Feature-extraction speed on this machine: end-to-end images/s of `causalclip.extract` on a folder of JPEGs,
+with the CLIP ViT-L/14 architecture and random weights (speed does not depend on the weights), against
+
+- the naive loop: fp32, one image at a time, decode -> preprocess -> forward, no overlap;
+- the machine's measured bf16 matmul ceiling (GFLOP/s of large bf16 matmuls of the shapes ViT-L/14 uses);
+
+plus the cosine similarity of bf16 features to fp32 features, and peak memory of extraction at two dataset sizes
+(with a tiny model, to show that memory does not grow with the number of images).
+
+    python benchmarks/extract_speed.py              # ~5 minutes on a 2-core CPU
+    python benchmarks/extract_speed.py --quick      # smaller counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+VIT_L14 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+    "projection_dim": 768,
+}
+
+
+def vit_flops(cfg: dict) -> float:
+    """Forward FLOPs (2 per multiply-add) of one 224px image through a CLIP ViT: matmuls and attention."""
+    d, i, n_layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
+    t = patches + 1
+    patch_embed = 2 * patches * (3 * cfg["patch_size"] ** 2) * d
+    per_layer = 2 * t * d * 3 * d + 2 * t * d * d + 2 * 2 * t * t * d + 2 * 2 * t * d * i
+    return patch_embed + n_layers * per_layer + 2 * d * cfg["projection_dim"]
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.python_version()}"
+
+
+def matmul_ceiling(dtype: torch.dtype, seconds: float = 3.0) -> float:
+    """GFLOP/s of (16*257 x 1024) @ (1024 x 4096) matmuls, the MLP shape of ViT-L/14 at batch 16."""
+    a = torch.randn(16 * 257, 1024, dtype=dtype)
+    b = torch.randn(1024, 4096, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return n * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - t0) / 1e9
+
+
+def make_jpegs(folder: Path, n: int, seed: int = 0) -> pd.DataFrame:
+    """n photo-like 256x256 JPEGs (smooth noise, q=95) in folder/{real,fake}; returns the sample table."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        cls = ("real", "fake")[i % 2]
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((256, 256), Image.BICUBIC)
+        path = f"{cls}/{i:05d}.jpg"
+        img.save(folder / path, quality=95)
+        rows.append((path, i % 2, "bench"))
+    return pd.DataFrame(rows, columns=["path", "label", "generator"])
+
+
+def naive_fp32(model_dir: Path, root: Path, paths: list[str]) -> float:
+    """images/s of the plain loop: fp32, batch 1, decode and compute in turn."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from causalclip.imageio import Preprocessing
+
+    model = CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()
+    prep = Preprocessing()
+    with torch.inference_mode():
+        model(pixel_values=torch.zeros(1, 3, 224, 224))  # warm-up
+        t0 = time.perf_counter()
+        for p in paths:
+            x = torch.from_numpy(prep(np.asarray(Image.open(root / p).convert("RGB"))))[None]
+            _ = model(pixel_values=x).image_embeds
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def run_extract(
+    model_dir: Path,
+    root: Path,
+    samples: pd.DataFrame,
+    out: Path,
+    *,
+    precision: str,
+    compile: bool,
+    batch: int,
+    workers: int,
+) -> tuple[float, np.ndarray]:
+    from causalclip import open_feature_set
+    from causalclip.backbones import load_backbone
+    from causalclip.extract import ExtractConfig, extract
+
+    bb = load_backbone(str(model_dir), precision=precision, compile=compile)
+    if compile:  # compile outside the timed run (the first call traces the graph)
+        from causalclip.imageio import Preprocessing
+
+        x = torch.from_numpy(Preprocessing()(np.zeros((224, 224, 3), np.uint8)))[None].repeat(batch, 1, 1, 1)
+        with torch.inference_mode():
+            bb(x)
+    res = extract(
+        samples,
+        root=root,
+        out=out,
+        backbone=bb,
+        config=ExtractConfig(batch_size=batch, workers=workers, storage_dtype="float32"),
+        progress=False,
+    )
+    fs = open_feature_set(out)
+    return res.images_per_s, fs.take(np.arange(len(fs)))
+
+
+MEM_SCRIPT = """
+import resource, sys, pandas as pd
+from causalclip.backbones import load_backbone
+from causalclip.extract import ExtractConfig, extract
+s = pd.read_parquet(sys.argv[3])
+extract(s, root=sys.argv[1], out=sys.argv[2], backbone=load_backbone(sys.argv[4], precision="fp32"),
+        config=ExtractConfig(batch_size=32, shard_size=256, workers=1), progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mb(tmp: Path, root: Path, samples: pd.DataFrame, model_dir: Path, tag: str) -> float:
+    samples.to_parquet(tmp / f"{tag}.parquet")
+    out = subprocess.run(
+        [sys.executable, "-c", MEM_SCRIPT, str(root), str(tmp / f"mem-{tag}"), str(tmp / f"{tag}.parquet"), str(model_dir)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=96, help="JPEGs for the end-to-end runs")
+    ap.add_argument("--naive-images", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
+    ap.add_argument("--quick", action="store_true", help="32 images, 4 naive, no compile")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.images, args.naive_images, args.no_compile = 32, 4, True
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    print(f"machine: {machine()}")
+    flops = vit_flops(VIT_L14)
+    print(f"ViT-L/14 forward: {flops / 1e9:.1f} GFLOP per image")
+    ceil_bf16, ceil_fp32 = matmul_ceiling(torch.bfloat16), matmul_ceiling(torch.float32)
+    print(
+        f"matmul ceiling: bf16 {ceil_bf16:.0f} GFLOP/s (= {ceil_bf16 * 1e9 / flops:.2f} images/s), fp32 {ceil_fp32:.0f} GFLOP/s"
+    )
+    figures: dict[str, float] = {
+        "gflop_per_image": flops / 1e9,
+        "ceiling_bf16_gflops": ceil_bf16,
+        "ceiling_fp32_gflops": ceil_fp32,
+    }
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        torch.manual_seed(0)
+        model_dir = tmp / "vit-l14-random"
+        CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_L14)).save_pretrained(model_dir)
+        root = tmp / "jpegs"
+        samples = make_jpegs(root, args.images)
+
+        rows = []
+        naive = naive_fp32(model_dir, root, list(samples["path"][: args.naive_images]))
+        rows.append(("naive fp32 loop (batch 1, no overlap)", naive))
+        ips32, f32 = run_extract(
+            model_dir,
+            root,
+            samples.iloc[: args.naive_images * 2],
+            tmp / "e-fp32",
+            precision="fp32",
+            compile=False,
+            batch=args.batch_size,
+            workers=args.workers,
+        )
+        rows.append((f"causalclip extract fp32 (batch {args.batch_size})", ips32))
+        ips, fb16 = run_extract(
+            model_dir,
+            root,
+            samples,
+            tmp / "e-bf16",
+            precision="bf16",
+            compile=False,
+            batch=args.batch_size,
+            workers=args.workers,
+        )
+        rows.append((f"causalclip extract bf16 (batch {args.batch_size})", ips))
+        if not args.no_compile:
+            ipsc, _ = run_extract(
+                model_dir,
+                root,
+                samples,
+                tmp / "e-bf16c",
+                precision="bf16",
+                compile=True,
+                batch=args.batch_size,
+                workers=args.workers,
+            )
+            rows.append((f"causalclip extract bf16 + torch.compile (batch {args.batch_size})", ipsc))
+        n = len(f32)
+        cos = (f32 * fb16[:n]).sum(1) / (np.linalg.norm(f32, axis=1) * np.linalg.norm(fb16[:n], axis=1))
+        print(f"\n{'run':<58} {'images/s':>9} {'GFLOP/s':>8} {'% bf16 ceiling':>15} {'x naive':>8}")
+        for name, v in rows:
+            print(
+                f"{name:<58} {v:>9.2f} {v * flops / 1e9:>8.0f} {100 * v * flops / 1e9 / ceil_bf16:>14.0f}% {v / naive:>8.2f}"
+            )
+            figures[name] = v
+        print(
+            f"\nbf16 vs fp32 features (random weights, {n} images): cosine min {cos.min():.5f}, mean {cos.mean():.5f}"
+        )
+        figures["cosine_bf16_fp32_min"] = float(cos.min())
+
+        # memory does not grow with the number of images (tiny model, many small images)
+        tiny = tmp / "tiny"
+        CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=32, projection_dim=16)).save_pretrained(tiny)  # fmt: skip
+        many = pd.concat([samples] * 40, ignore_index=True).assign(
+            generator=lambda d: [f"g{i // len(samples)}" for i in range(len(d))]
+        )
+        small = many.iloc[: len(many) // 4]
+        rss_small = peak_rss_mb(tmp, root, small, tiny, "small")
+        rss_big = peak_rss_mb(tmp, root, many, tiny, "big")
+        print(
+            f"peak RSS of extraction (tiny model): {len(small)} images {rss_small:.0f} MB, {len(many)} images {rss_big:.0f} MB"
+        )
+        figures.update(rss_mb_small=rss_small, rss_mb_big=rss_big)
+    figures["self_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

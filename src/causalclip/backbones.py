@@ -1,0 +1,214 @@
+"""Frozen feature extractors ("backbones"), selectable by name, each carrying its own preprocessing.
+
+The default is CLIP ViT-L/14 through Hugging Face ``transformers``: any CLIP vision model given by hub id or
+local folder. A backbone maps normalised pixels (B, 3, S, S) to features (B, dim), and ``describe()`` says
+exactly what it is; that description and the preprocessing are part of every feature set's meta.json, so
+features made differently are never mixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .imageio import Preprocessing
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneError",
+    "ClipBackbone",
+    "ClipSpec",
+    "bf16_supported",
+    "load_backbone",
+    "resolve_precision",
+]
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
+
+class BackboneError(RuntimeError):
+    """A backbone cannot be loaded (weights not found, offline, incomplete folder, unsafe format)."""
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matmuls are native here: AVX512-BF16/AMX on CPU, compute capability >= 8 on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """ "auto" -> bf16 where native (CPU with AVX512-BF16/AMX, Ampere+ GPU), fp16 on older GPUs, else fp32."""
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision in table:
+        return table[precision]
+    if precision != "auto":
+        raise ValueError(f"precision must be one of auto, fp32, bf16, fp16; got {precision!r}")
+    if bf16_supported(device):
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+class Backbone(nn.Module):
+    """Base class: ``forward(pixels (B, 3, S, S)) -> features (B, dim) float32``."""
+
+    dim: int
+    preprocessing: Preprocessing
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able identity of the backbone (recorded in meta.json and compared on resume)."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClipSpec:
+    """Which CLIP and which of its outputs. The defaults are METHOD.md section 2's."""
+
+    model: str = DEFAULT_CLIP  # hub id or local folder (CLIPModel or CLIPVisionModelWithProjection checkpoint)
+    revision: str | None = None
+    # "image_embeds": the projected embedding (768-d for ViT-L/14; OpenAI's encode_image, what UnivFD uses);
+    # "pooled": the 1024-d pooled (post-layernorm CLS) output before the projection.
+    feature: Literal["image_embeds", "pooled"] = "image_embeds"
+    normalize: bool = False  # L2-normalise the features
+    preprocessing_mode: Literal["crop", "clip"] = "crop"
+
+
+def _is_local(model: str) -> bool:
+    return os.path.isdir(model) or model.startswith((".", "/", "~"))
+
+
+def _read_norm(model: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """image_mean/image_std from a local folder's preprocessor_config.json, if there is one."""
+    path = Path(model).expanduser() / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+        return tuple(float(v) for v in cfg["image_mean"]), tuple(float(v) for v in cfg["image_std"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackboneError(f"{path}: cannot read image_mean/image_std: {exc}") from exc
+
+
+class ClipBackbone(Backbone):
+    """A frozen Hugging Face CLIP vision tower (``CLIPVisionModelWithProjection``)."""
+
+    def __init__(self, spec: ClipSpec, *, model: nn.Module, image_size: int, norm=None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = model.eval().requires_grad_(False)
+        cfg = model.config
+        self.dim = cfg.projection_dim if spec.feature == "image_embeds" else cfg.hidden_size
+        mean_std = {} if norm is None else {"mean": norm[0], "std": norm[1]}
+        self.preprocessing = Preprocessing(mode=spec.preprocessing_mode, size=image_size, **mean_std)
+
+    @classmethod
+    def load(cls, spec: ClipSpec) -> ClipBackbone:
+        """Load from the hub id or folder in ``spec.model``; safetensors weights only (nothing is unpickled)."""
+        try:
+            from transformers import CLIPVisionModelWithProjection
+        except ImportError as exc:  # the extraction extra is not installed
+            raise BackboneError(
+                "loading CLIP needs the 'transformers' package: pip install 'causalclip[extract]'"
+            ) from exc
+        model_id = os.path.expanduser(spec.model)
+        if _is_local(spec.model) and not os.path.isdir(model_id):
+            raise BackboneError(f"{spec.model}: no such folder (expected a CLIP checkpoint folder or a hub id)")
+        if os.path.isdir(model_id):
+            missing = [n for n in ("config.json",) if not os.path.isfile(os.path.join(model_id, n))]
+            has_weights = any(
+                n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in os.listdir(model_id)
+            )
+            if missing or not has_weights:
+                found = sorted(os.listdir(model_id))[:10]
+                raise BackboneError(
+                    f"{model_id}: incomplete CLIP folder: needs config.json and model.safetensors (found {found}); "
+                    "pickle-based .bin weights are not loaded"
+                )
+        try:
+            model = CLIPVisionModelWithProjection.from_pretrained(
+                model_id, revision=spec.revision, use_safetensors=True
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            hint = (
+                "If this machine is offline, download the model elsewhere (e.g. `huggingface-cli download "
+                f"{spec.model}`) and pass its local folder."
+                if not os.path.isdir(model_id)
+                else "Check that the folder holds a complete CLIP checkpoint."
+            )
+            raise BackboneError(f"cannot load CLIP weights from {spec.model!r}: {exc}. {hint}") from exc
+        norm = _read_norm(model_id) if os.path.isdir(model_id) else None
+        return cls(spec, model=model, image_size=model.config.image_size, norm=norm)
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {
+            "name": "clip",
+            "model": self.spec.model,
+            "revision": self.spec.revision,
+            "feature": self.spec.feature,
+            "normalize": self.spec.normalize,
+            "architecture": {
+                "hidden_size": cfg.hidden_size,
+                "layers": cfg.num_hidden_layers,
+                "patch_size": cfg.patch_size,
+                "image_size": cfg.image_size,
+                "projection_dim": cfg.projection_dim,
+            },
+            "dim": self.dim,
+        }
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        out = self.model(pixel_values=pixels.to(dtype))
+        if self.spec.feature == "image_embeds":
+            feats = out.image_embeds
+        else:
+            # pooled output = post-layernorm CLS token, before the visual projection
+            feats = self.model.vision_model.post_layernorm(out.last_hidden_state[:, 0, :])
+        feats = feats.float()
+        if self.spec.normalize:
+            feats = torch.nn.functional.normalize(feats, dim=-1)
+        return feats
+
+
+# name -> factory(options dict) -> Backbone. Weight-free forensic backbones join here.
+BACKBONES: dict[str, Callable[[dict[str, Any]], Backbone]] = {
+    "clip": lambda opts: ClipBackbone.load(ClipSpec(**opts)),
+}
+
+
+def load_backbone(
+    model: str = DEFAULT_CLIP,
+    *,
+    kind: str = "clip",
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+    compile: bool = False,
+    **options: Any,
+) -> Backbone:
+    """Load a backbone, move it to ``device`` in the chosen precision, optionally ``torch.compile`` it."""
+    if kind not in BACKBONES:
+        raise BackboneError(f"unknown backbone kind {kind!r}; available: {sorted(BACKBONES)}")
+    bb = BACKBONES[kind]({"model": model, **options})
+    device = torch.device(device)
+    dtype = resolve_precision(precision, device)
+    bb = bb.to(device=device, dtype=dtype)
+    bb.precision = str(dtype).removeprefix("torch.")
+    if compile:
+        bb.model = torch.compile(bb.model)
+    return bb

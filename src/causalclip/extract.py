@@ -1,0 +1,349 @@
+"""Images -> cached features: sharded, resumable, streaming, and honest about every input it could not use.
+
+An extraction job writes into one folder::
+
+    OUT/
+      job.json                    what the features are (backbone, preprocessing, perturbation, precision)
+      plan.parquet                every image to extract, in a fixed order (row i = plan row i)
+      parts/shard-00000.json      written LAST for each shard: the marker that the shard is complete
+      parts/samples-00000.parquet the shard's images that decoded, with their plan row
+      parts/errors-00000.parquet  the shard's images that did not, with the reason
+      features-00000.npy          the shard's vectors, row-aligned with parts/samples-00000.parquet
+      ...
+      samples.parquet, meta.json  the feature set (written when every shard is complete)
+      errors.csv                  every input not used: path, stage, reason
+
+Shard k holds plan rows [k * shard_size, (k+1) * shard_size). Each file is written atomically and the marker
+last, so a job killed at any moment loses at most the shards in flight; running the same command again
+redoes exactly those. Running it with a different backbone, preprocessing, perturbation or precision is
+refused. New images found on a later run are appended to the plan (and to the set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .features import open_feature_set
+from .imageio import DEFAULT_MAX_PIXELS, Augmentation, ImageDecodeError, Perturbation, Preprocessing, load_rgb
+
+__all__ = ["ExtractConfig", "ExtractError", "ExtractResult", "extract"]
+
+log = logging.getLogger("causalclip")
+
+# Keys of job.json that must match for rows to be added to an existing set.
+IDENTITY_KEYS = (
+    "backbone",
+    "preprocessing",
+    "perturbation",
+    "augmentation",
+    "precision",
+    "storage_dtype",
+    "shard_size",
+)
+
+
+class ExtractError(RuntimeError):
+    """An extraction job cannot run (e.g. its output folder holds features made differently)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExtractConfig:
+    batch_size: int = 16
+    shard_size: int = 4096
+    # DataLoader worker processes that decode and preprocess while the backbone computes (0 = in-process).
+    workers: int = 1
+    storage_dtype: Literal["float16", "float32"] = "float16"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class ExtractResult:
+    out: Path
+    n_planned: int
+    n_ok: int
+    errors: pd.DataFrame  # path, stage, reason: every input not used (decode errors and ignored files)
+    n_extracted_now: int  # images processed by this call (0 when everything was already done)
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.n_extracted_now / self.seconds if self.seconds > 0 else float("nan")
+
+
+class _Images(Dataset):
+    """Plan rows -> (row, pixels (3, S, S) float32 | None, error reason | None); never raises for a bad file."""
+
+    def __init__(
+        self,
+        root: Path,
+        paths: Sequence[str],
+        prep: Preprocessing,
+        pert: Perturbation,
+        max_pixels: int,
+        augmentation: tuple[Augmentation, int] | None = None,
+    ):
+        self.root, self.paths, self.prep, self.pert, self.max_pixels = root, paths, prep, pert, max_pixels
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int):
+        try:
+            rgb = load_rgb(self.root / self.paths[row], max_pixels=self.max_pixels)
+            if not self.pert.is_identity:
+                rgb = self.pert.apply(rgb)
+            if self.augmentation is not None:  # one fixed draw per plan row: resumes reproduce it
+                aug, seed = self.augmentation
+                rgb = aug.apply(rgb, seed=seed, index=row)
+            return row, torch.from_numpy(self.prep(rgb)), None
+        except ImageDecodeError as exc:
+            return row, None, exc.reason
+
+
+def _collate(items):
+    rows = [r for r, x, _ in items if x is not None]
+    pixels = torch.stack([x for _, x, _ in items if x is not None]) if rows else None
+    errors = [(r, e) for r, x, e in items if x is None]
+    return rows, pixels, errors
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
+
+
+def _shard_name(k: int) -> str:
+    return f"{k:05d}"
+
+
+def _prepare_plan(out: Path, samples: pd.DataFrame, identity: dict[str, Any]) -> pd.DataFrame:
+    """Create or extend OUT/plan.parquet after checking OUT/job.json; returns the plan."""
+    job_path, plan_path = out / "job.json", out / "plan.parquet"
+    if job_path.exists():
+        try:
+            old = json.loads(job_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ExtractError(f"{job_path}: unreadable ({exc}); remove the folder to start over") from exc
+        for key in IDENTITY_KEYS:
+            if old.get(key) != identity.get(key):
+                raise ExtractError(
+                    f"{out}: already holds features made with a different {key} ({old.get(key)!r}, this run: "
+                    f"{identity.get(key)!r}); refusing to mix them. Use another --out."
+                )
+    cols = [c for c in samples.columns]
+    if plan_path.exists():
+        plan = pd.read_parquet(plan_path)
+        key = ["path", "generator", "label"]
+        merged = samples.merge(plan[key].drop_duplicates(), on=key, how="left", indicator=True)
+        new = samples[(merged["_merge"] == "left_only").to_numpy()]
+        if len(new):
+            log.info("%d new image(s) appended to the plan of %s", len(new), out)
+            plan = pd.concat([plan, new[cols]], ignore_index=True)
+            _atomic(plan_path, lambda p: plan.to_parquet(p, index=False))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        plan = samples[cols].reset_index(drop=True)
+        _atomic(plan_path, lambda p: plan.to_parquet(p, index=False))
+    _write_json(job_path, identity)
+    return plan
+
+
+def _shard_done(out: Path, k: int, start: int, stop: int) -> bool:
+    marker = out / "parts" / f"shard-{_shard_name(k)}.json"
+    if not marker.exists():
+        return False
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if (info.get("start"), info.get("stop")) != (start, stop):
+        return False  # the plan grew since this shard was written: redo it with its new range
+    return info["n_ok"] == 0 or (out / f"features-{_shard_name(k)}.npy").exists()
+
+
+def _write_shard(out: Path, k: int, start: int, stop: int, plan: pd.DataFrame, rows, feats, errors) -> None:
+    name = _shard_name(k)
+    parts = out / "parts"
+    order = np.argsort(rows)
+    rows = np.asarray(rows, dtype=np.int64)[order]
+    samples = plan.iloc[rows].assign(plan_row=rows)
+    err = pd.DataFrame(
+        {"path": [plan["path"].iloc[r] for r, _ in errors], "stage": "decode", "reason": [e for _, e in errors]}
+    )
+    _atomic(parts / f"samples-{name}.parquet", lambda p: samples.to_parquet(p, index=False))
+    _atomic(parts / f"errors-{name}.parquet", lambda p: err.to_parquet(p, index=False))
+    if len(rows):
+        arr = np.concatenate(feats)[order]
+        _atomic(out / f"features-{name}.npy", lambda p: _save_npy(p, arr))
+    _write_json(
+        parts / f"shard-{name}.json", {"start": start, "stop": stop, "n_ok": len(rows), "n_failed": len(errors)}
+    )
+
+
+def _assemble(
+    out: Path, n_shards: int, identity: dict[str, Any], dim: int, ignored: pd.DataFrame | None
+) -> tuple[int, pd.DataFrame]:
+    """Write samples.parquet, meta.json and errors.csv from the completed shards; validate the result."""
+    parts = out / "parts"
+    samples, errors, shards = [], [], []
+    for k in range(n_shards):
+        name = _shard_name(k)
+        info = json.loads((parts / f"shard-{name}.json").read_text(encoding="utf-8"))
+        errors.append(pd.read_parquet(parts / f"errors-{name}.parquet"))
+        if info["n_ok"]:
+            samples.append(pd.read_parquet(parts / f"samples-{name}.parquet"))
+            shards.append(f"features-{name}.npy")
+    err = pd.concat(
+        [e for e in errors if len(e)] or [pd.DataFrame(columns=["path", "stage", "reason"])], ignore_index=True
+    )
+    if ignored is not None and len(ignored):
+        err = pd.concat([ignored.assign(stage="listing")[["path", "stage", "reason"]], err], ignore_index=True)
+    _atomic(out / "errors.csv", lambda p: err.to_csv(p, index=False))
+    if not samples:
+        raise ExtractError(f"{out}: no image could be used ({len(err)} errors, see {out / 'errors.csv'})")
+    table = pd.concat(samples, ignore_index=True)
+    _atomic(out / "samples.parquet", lambda p: table.to_parquet(p, index=False))
+    meta = {
+        **{k: identity[k] for k in ("backbone", "preprocessing", "perturbation", "augmentation", "precision", "root")},
+        "dim": dim,
+        "dtype": identity["storage_dtype"],
+        "shards": shards,
+        "count": len(table),
+        "n_errors": len(err),
+    }
+    _write_json(out / "meta.json", meta)
+    open_feature_set(out, check_finite=True)
+    return len(table), err
+
+
+def extract(
+    samples: pd.DataFrame,
+    *,
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    backbone: Backbone,
+    perturbation: Perturbation | None = None,
+    augmentation: Augmentation | None = None,
+    augment_seed: int = 0,
+    config: ExtractConfig | None = None,
+    ignored: pd.DataFrame | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> ExtractResult:
+    """Extract features of ``samples`` (columns path, label, generator; paths relative to ``root``) into ``out``.
+
+    ``perturbation`` is applied to every image (robustness sweeps); ``augmentation`` draws one CNNDetection-style
+    blur/JPEG augmentation per image from (``augment_seed``, plan row), applied after the perturbation.
+    Resumable: completed shards are kept and the rest is done. ``ignored`` (path, reason) lists files the
+    listing step did not use; they are reported in errors.csv with the decode errors. Returns the counts and the
+    error table; a set with at least one usable image is always written.
+    """
+    cfg = config or ExtractConfig()
+    pert = perturbation or Perturbation()
+    out, root = Path(out), Path(root)
+    for col in ("path", "label", "generator"):
+        if col not in samples.columns:
+            raise ExtractError(f"the sample list lacks column {col!r}")
+    if cfg.batch_size <= 0 or cfg.shard_size <= 0:
+        raise ExtractError("batch_size and shard_size must be positive")
+    identity = {
+        "backbone": backbone.describe(),
+        "preprocessing": backbone.preprocessing.to_dict(),
+        "perturbation": pert.to_dict(),
+        "augmentation": None if augmentation is None else {**augmentation.to_dict(), "seed": augment_seed},
+        "precision": getattr(backbone, "precision", "float32"),
+        "storage_dtype": cfg.storage_dtype,
+        "shard_size": cfg.shard_size,
+        "root": str(root),
+    }
+    plan = _prepare_plan(out, samples, identity)
+    (out / "parts").mkdir(exist_ok=True)
+    n = len(plan)
+    n_shards = (n + cfg.shard_size - 1) // cfg.shard_size
+    ranges = [(k, k * cfg.shard_size, min((k + 1) * cfg.shard_size, n)) for k in range(n_shards)]
+    todo = [(k, a, b) for k, a, b in ranges if not _shard_done(out, k, a, b)]
+    batches = [list(range(i, min(i + cfg.batch_size, b))) for _, a, b in todo for i in range(a, b, cfg.batch_size)]
+    n_todo = sum(b - a for _, a, b in todo)
+    if n_todo < n:
+        log.info(
+            "%s: %d of %d shards already complete; extracting the remaining %d images",
+            out,
+            n_shards - len(todo),
+            n_shards,
+            n_todo,
+        )
+
+    device = torch.device(device)
+    aug = None if augmentation is None else (augmentation, augment_seed)
+    dataset = _Images(root, plan["path"].tolist(), backbone.preprocessing, pert, cfg.max_pixels, aug)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=cfg.workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    storage = np.dtype(cfg.storage_dtype)
+    pending = {k: {"rows": [], "feats": [], "errors": [], "seen": 0, "start": a, "stop": b} for k, a, b in todo}
+    shard_of = {k: (a, b) for k, a, b in todo}
+    dim = getattr(backbone, "dim", None)
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_todo, unit="img", desc=f"extract -> {out.name}", disable=not progress, smoothing=0.1)
+    backbone.eval()
+    with torch.inference_mode():
+        for rows, pixels, errors in loader:
+            first = rows[0] if rows else errors[0][0]
+            k = first // cfg.shard_size
+            acc = pending[k]
+            if rows:
+                feats = backbone(pixels.to(device, non_blocking=True)).cpu().numpy().astype(storage)
+                dim = feats.shape[1]
+                acc["rows"].extend(rows)
+                acc["feats"].append(feats)
+            acc["errors"].extend(errors)
+            acc["seen"] += len(rows) + len(errors)
+            for r, reason in errors:
+                log.warning("%s: %s", root / plan["path"].iloc[r], reason)
+            bar.update(len(rows) + len(errors))
+            a, b = shard_of[k]
+            if acc["seen"] == b - a:
+                _write_shard(out, k, a, b, plan, acc["rows"], acc["feats"], acc["errors"])
+                del pending[k]
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if dim is None:  # nothing computed in this call: read the dim from a completed shard
+        dim = backbone.dim
+    n_ok, err = _assemble(out, n_shards, identity, dim, ignored)
+    return ExtractResult(out=out, n_planned=n, n_ok=n_ok, errors=err, n_extracted_now=n_todo, seconds=seconds)
