@@ -174,7 +174,12 @@ class ClipBackbone(Backbone):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
-        out = self.model(pixel_values=pixels.to(dtype))
+        autocast = getattr(self, "autocast_dtype", None)
+        if autocast is not None:
+            with torch.autocast(pixels.device.type, dtype=autocast):
+                out = self.model(pixel_values=pixels.to(dtype))
+        else:
+            out = self.model(pixel_values=pixels.to(dtype))
         if self.spec.feature == "image_embeds":
             feats = out.image_embeds
         else:
@@ -201,13 +206,22 @@ def load_backbone(
     compile: bool = False,
     **options: Any,
 ) -> Backbone:
-    """Load a backbone, move it to ``device`` in the chosen precision, optionally ``torch.compile`` it."""
+    """Load a backbone, move it to ``device`` in the chosen precision, optionally ``torch.compile`` it.
+
+    Half precision is applied the way that is fastest on each device: on CPU the weights are cast to bf16 (no
+    per-op casts); on CUDA the weights stay fp32 and the forward pass runs under ``torch.autocast``, which keeps
+    layer norms and softmax in fp32.
+    """
     if kind not in BACKBONES:
         raise BackboneError(f"unknown backbone kind {kind!r}; available: {sorted(BACKBONES)}")
     bb = BACKBONES[kind]({"model": model, **options})
     device = torch.device(device)
     dtype = resolve_precision(precision, device)
-    bb = bb.to(device=device, dtype=dtype)
+    if device.type == "cuda" and dtype != torch.float32:
+        bb = bb.to(device=device)
+        bb.autocast_dtype = dtype
+    else:
+        bb = bb.to(device=device, dtype=dtype)
     bb.precision = str(dtype).removeprefix("torch.")
     if compile:
         bb.model = torch.compile(bb.model)
