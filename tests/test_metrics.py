@@ -78,3 +78,12 @@ def test_probe_accuracy_detects_information():
     assert probe_accuracy(x_info, y) > 0.9
     assert abs(probe_accuracy(x_none, y) - 0.5) < 0.06
     assert abs(probe_accuracy(np.zeros((2000, 10)), y) - 0.5) < 0.06  # constant features: chance, no crash
+
+
+def test_loss_is_the_log_loss():
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 200)
+    scores = rng.random(200)
+    assert binary_metrics(labels, scores)["loss"] == pytest.approx(log_loss(labels, scores))

@@ -43,7 +43,9 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     seed: int = 0
-    early_stop_metric: Literal["ap", "acc"] = "ap"
+    # Validation metric for early stopping and for choosing the saved epoch. "loss" (validation BCE, lower is
+    # better) keeps discriminating after AP saturates near 1 on the training generator.
+    early_stop_metric: Literal["ap", "acc", "loss"] = "ap"
     patience: int = 5
     lr_decay_on_plateau: bool = True
     min_lr: float = 1e-6

@@ -19,7 +19,7 @@ class MetricsError(ValueError):
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float = 0.5, name: str = "") -> dict:
-    """AP (fake = positive) and accuracy at ``threshold`` overall, on reals and on fakes.
+    """AP (fake = positive), accuracy at ``threshold`` overall, on reals and on fakes, and the mean BCE (``loss``).
 
     ``scores`` are probabilities of fake; a sample is called fake when score > threshold. Needs both classes.
     """
@@ -39,7 +39,9 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float =
         raise MetricsError(f"{name or 'test set'}: scores contain NaN or inf")
     pred = (scores > threshold).astype(np.int64)
     correct = pred == labels
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
     return {
+        "loss": float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p))),
         "n_real": n_real,
         "n_fake": n_fake,
         "ap": float(average_precision_score(labels, scores)),

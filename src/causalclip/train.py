@@ -341,7 +341,7 @@ def train(
             row["samples_per_s"],
         )
 
-        score = val[cfg.early_stop_metric]
+        score = -val["loss"] if cfg.early_stop_metric == "loss" else val[cfg.early_stop_metric]
         if score > best_score:
             best_score, best_epoch, bad_epochs = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
