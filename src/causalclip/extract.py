@@ -63,7 +63,7 @@ class ExtractError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExtractConfig:
-    batch_size: int = 16
+    batch_size: int = 8  # best for ViT-L/14 in bf16 on the 2-core CPU (docs/benchmarks.md); use 256 on a GPU
     shard_size: int = 4096
     # DataLoader worker processes that decode and preprocess while the backbone computes (0 = in-process).
     workers: int = 1
