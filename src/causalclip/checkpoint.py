@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import config_to_dict
+from .features import atomic_write
 from .heads import Head, build_head
 
 __all__ = ["CheckpointError", "LoadedHead", "load_head", "save_head"]
@@ -55,12 +56,11 @@ def save_head(folder: str | os.PathLike[str], head: Head, *, threshold: float = 
         **(extra or {}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    tmp = folder / f".{WEIGHTS_NAME}.tmp-{os.getpid()}"
-    save_file(state, str(tmp), metadata={"format": "pt", "head": head.name})
-    os.replace(tmp, folder / WEIGHTS_NAME)
-    tmp = folder / f".{CONFIG_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / CONFIG_NAME)
+    atomic_write(
+        folder / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt", "head": head.name})
+    )
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(text, encoding="utf-8"))
     return folder
 
 

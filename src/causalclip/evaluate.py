@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import load_head
-from .features import FeatureSet, open_feature_set
+from .features import FeatureSet, atomic_write, open_feature_set
 from .metrics import balanced_indices, per_generator_metrics
 from .train import FEATURE_KEYS, predict
 
@@ -84,9 +84,7 @@ def evaluate(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         for name, df in (("metrics.csv", metrics), ("predictions.csv", predictions)):
-            tmp = out / f".{name}.tmp-{os.getpid()}"
-            df.to_csv(tmp, index=False)
-            os.replace(tmp, out / name)
+            atomic_write(out / name, lambda p, df=df: df.to_csv(p, index=False))
     return EvalResult(metrics=metrics, predictions=predictions, notes=notes)
 
 

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .features import open_feature_set
+from .features import atomic_write, open_feature_set, save_npy
 from .imageio import DEFAULT_MAX_PIXELS, Augmentation, ImageDecodeError, Perturbation, Preprocessing, load_rgb
 
 __all__ = ["ExtractConfig", "ExtractError", "ExtractResult", "extract"]
@@ -123,23 +123,8 @@ def _collate(items):
     return rows, pixels, errors
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
 
 
 def _shard_name(k: int) -> str:
@@ -169,11 +154,11 @@ def _prepare_plan(out: Path, samples: pd.DataFrame, identity: dict[str, Any]) ->
         if len(new):
             log.info("%d new image(s) appended to the plan of %s", len(new), out)
             plan = pd.concat([plan, new[cols]], ignore_index=True)
-            _atomic(plan_path, lambda p: plan.to_parquet(p, index=False))
+            atomic_write(plan_path, lambda p: plan.to_parquet(p, index=False))
     else:
         out.mkdir(parents=True, exist_ok=True)
         plan = samples[cols].reset_index(drop=True)
-        _atomic(plan_path, lambda p: plan.to_parquet(p, index=False))
+        atomic_write(plan_path, lambda p: plan.to_parquet(p, index=False))
     _write_json(job_path, identity)
     return plan
 
@@ -200,11 +185,11 @@ def _write_shard(out: Path, k: int, start: int, stop: int, plan: pd.DataFrame, r
     err = pd.DataFrame(
         {"path": [plan["path"].iloc[r] for r, _ in errors], "stage": "decode", "reason": [e for _, e in errors]}
     )
-    _atomic(parts / f"samples-{name}.parquet", lambda p: samples.to_parquet(p, index=False))
-    _atomic(parts / f"errors-{name}.parquet", lambda p: err.to_parquet(p, index=False))
+    atomic_write(parts / f"samples-{name}.parquet", lambda p: samples.to_parquet(p, index=False))
+    atomic_write(parts / f"errors-{name}.parquet", lambda p: err.to_parquet(p, index=False))
     if len(rows):
         arr = np.concatenate(feats)[order]
-        _atomic(out / f"features-{name}.npy", lambda p: _save_npy(p, arr))
+        atomic_write(out / f"features-{name}.npy", lambda p: save_npy(p, arr))
     _write_json(
         parts / f"shard-{name}.json", {"start": start, "stop": stop, "n_ok": len(rows), "n_failed": len(errors)}
     )
@@ -228,11 +213,11 @@ def _assemble(
     )
     if ignored is not None and len(ignored):
         err = pd.concat([ignored.assign(stage="listing")[["path", "stage", "reason"]], err], ignore_index=True)
-    _atomic(out / "errors.csv", lambda p: err.to_csv(p, index=False))
+    atomic_write(out / "errors.csv", lambda p: err.to_csv(p, index=False))
     if not samples:
         raise ExtractError(f"{out}: no image could be used ({len(err)} errors, see {out / 'errors.csv'})")
     table = pd.concat(samples, ignore_index=True)
-    _atomic(out / "samples.parquet", lambda p: table.to_parquet(p, index=False))
+    atomic_write(out / "samples.parquet", lambda p: table.to_parquet(p, index=False))
     meta = {
         **{k: identity[k] for k in ("backbone", "preprocessing", "perturbation", "augmentation", "precision", "root")},
         "dim": dim,

@@ -226,7 +226,8 @@ def open_feature_set(root: str | os.PathLike[str], *, check_finite: bool = True)
     return fs
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it over ``path`` (all or nothing)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -236,7 +237,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
             tmp.unlink()
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
+def save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
         np.save(f, arr, allow_pickle=False)
 
@@ -265,13 +266,13 @@ def write_feature_set(
         raise FeatureSetError(f"{root}: shards disagree on dim {sorted(dims)} or dtype {sorted(dtypes)}")
     names = ["features.npy"] if len(shards) == 1 else [f"features-{i:05d}.npy" for i in range(len(shards))]
     for name, arr in zip(names, shards, strict=True):
-        _atomic_write_bytes(root / name, lambda p, a=arr: _save_npy(p, a))
+        atomic_write(root / name, lambda p, a=arr: save_npy(p, a))
     table = samples.reset_index(drop=True)
     if samples_format == "parquet":
-        _atomic_write_bytes(root / "samples.parquet", lambda p: table.to_parquet(p, index=False))
+        atomic_write(root / "samples.parquet", lambda p: table.to_parquet(p, index=False))
         stale = root / "samples.csv"
     elif samples_format == "csv":
-        _atomic_write_bytes(root / "samples.csv", lambda p: table.to_csv(p, index=False))
+        atomic_write(root / "samples.csv", lambda p: table.to_csv(p, index=False))
         stale = root / "samples.parquet"
     else:
         raise ValueError(f"samples_format must be 'parquet' or 'csv', got {samples_format!r}")
@@ -281,6 +282,6 @@ def write_feature_set(
     if len(shards) > 1:
         full_meta["shards"] = names
     text = json.dumps(full_meta, indent=2, sort_keys=True) + "\n"
-    _atomic_write_bytes(root / "meta.json", lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(root / "meta.json", lambda p: p.write_text(text, encoding="utf-8"))
     open_feature_set(root, check_finite=False)
     return root

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_head
 from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config_file, parse_override
-from .features import FeatureSet, open_feature_set
+from .features import FeatureSet, atomic_write, open_feature_set, save_npy
 from .heads import ABLATIONS, HEADS, Head, build_head
 from .metrics import binary_metrics
 
@@ -170,9 +170,7 @@ def predict(
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def _as_set(x: FeatureSet | str | os.PathLike[str]) -> FeatureSet:
@@ -326,12 +324,11 @@ def train(
             "samples_per_s": seen / train_s if train_s > 0 else float("nan"),
         }
         history.append(row)
-        pd.DataFrame(history).to_csv(out / ".metrics.csv.tmp", index=False)
-        os.replace(out / ".metrics.csv.tmp", out / "metrics.csv")
+        table = pd.DataFrame(history)
+        atomic_write(out / "metrics.csv", lambda p, t=table: t.to_csv(p, index=False))
         if freq_history:
-            with open(out / ".mask_frequency.npy.tmp", "wb") as f:
-                np.save(f, np.stack(freq_history).astype(np.float32), allow_pickle=False)
-            os.replace(out / ".mask_frequency.npy.tmp", out / "mask_frequency.npy")
+            freqs = np.stack(freq_history).astype(np.float32)
+            atomic_write(out / "mask_frequency.npy", lambda p, f=freqs: save_npy(p, f))
         log.info(
             "epoch %d: val AP %.4f ACC %.4f%s (%.0f samples/s)",
             epoch,
