@@ -154,6 +154,21 @@ def run_extract(
     return res.images_per_s, fs.take(np.arange(len(fs))), steps * batch / (time.perf_counter() - t0)
 
 
+def full_forward_speed(model_dir: Path, *, batch: int, steps: int) -> float:
+    """images/s of transformers' own forward (every token through the last layer), bf16, eager: the reference for
+    the CLS-only last layer that causalclip's backbone uses (causalclip.clipfast)."""
+    from causalclip.backbones import load_backbone
+
+    clip = load_backbone(str(model_dir), precision="bf16").model.clip
+    x = torch.randn(batch, 3, 224, 224, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        clip(pixel_values=x)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            clip(pixel_values=x).image_embeds.float()
+    return steps * batch / (time.perf_counter() - t0)
+
+
 MEM_SCRIPT = """
 import sys, pandas as pd
 from causalclip.backbones import load_backbone
@@ -236,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.append((f"causalclip extract bf16 (batch {args.batch_size})", ips))
         rows.append(("  bare bf16 forward of the same backbone, just after", bare))
+        full = full_forward_speed(model_dir, batch=args.batch_size, steps=max(1, len(samples) // args.batch_size))
+        rows.append(("  bare bf16 forward, transformers' full last layer", full))
         if not args.no_compile:
             ipsc, _, barec = run_extract(
                 model_dir,

@@ -87,3 +87,38 @@ def test_loss_is_the_log_loss():
     labels = rng.integers(0, 2, 200)
     scores = rng.random(200)
     assert binary_metrics(labels, scores)["loss"] == pytest.approx(log_loss(labels, scores))
+
+
+def test_one_class_error_names_the_test_set_and_generator():
+    df = pd.DataFrame(
+        {"generator": ["sd14"] * 3 + ["adm"] * 2, "label": [1, 1, 1, 0, 1], "score": [0.2, 0.5, 0.9, 0.1, 0.8]}
+    )
+    with pytest.raises(MetricsError, match=r"test set feats/genimage-test, generator 'sd14'.*0 real and 3 fake"):
+        per_generator_metrics(df, sources={"sd14": "feats/genimage-test", "adm": "feats/genimage-test"})
+    reals = df.assign(label=0)
+    with pytest.raises(MetricsError, match="generator 'sd14'.*3 real and 0 fake"):
+        per_generator_metrics(reals)
+
+
+def test_empty_predictions_are_an_error_not_a_nan_row():
+    with pytest.raises(MetricsError, match="no predictions"):
+        per_generator_metrics(pd.DataFrame({"generator": [], "label": [], "score": []}))
+    with pytest.raises(MetricsError, match="missing column 'score'"):
+        per_generator_metrics(pd.DataFrame({"generator": ["a"], "label": [0]}))
+
+
+def test_oracle_column_is_an_upper_bound_and_existing_columns_are_kept():
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame(
+        {"generator": rng.choice(["a", "b", "c"], 300), "label": rng.integers(0, 2, 300), "score": rng.random(300)}
+    )
+    t = per_generator_metrics(df)
+    assert list(t.columns) == ["generator", "n_real", "n_fake", "ap", "acc", "real_acc", "fake_acc", "acc_oracle"]
+    assert t.notna().all().all()
+    for _, r in t.iloc[:-1].iterrows():
+        grp = df[df["generator"] == r["generator"]]
+        # brute force over every threshold at a score value (and below all of them)
+        cuts = np.r_[-1.0, np.sort(grp["score"].to_numpy())]
+        best = max(((grp["score"] > c) == grp["label"]).mean() for c in cuts)
+        assert r["acc_oracle"] == pytest.approx(best) and r["acc_oracle"] >= r["acc"]
+    assert t.iloc[-1]["acc_oracle"] == pytest.approx(t["acc_oracle"][:-1].mean())

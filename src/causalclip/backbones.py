@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import clipfast
 from .imageio import Preprocessing
 
 __all__ = [
@@ -114,8 +115,10 @@ class ClipBackbone(Backbone):
     def __init__(self, spec: ClipSpec, *, model: nn.Module, image_size: int, norm=None) -> None:
         super().__init__()
         self.spec = spec
-        self.model = model.eval().requires_grad_(False)
-        cfg = model.config
+        self.config = cfg = model.config
+        # ``model`` (what load_backbone(compile=True) compiles) maps pixels to the raw feature; with the usual CLIP
+        # structure it evaluates the last layer for the CLS token only (exact; causalclip.clipfast).
+        self.model = _ClipFeature(model.eval().requires_grad_(False), spec.feature)
         self.dim = cfg.projection_dim if spec.feature == "image_embeds" else cfg.hidden_size
         mean_std = {} if norm is None else {"mean": norm[0], "std": norm[1]}
         self.preprocessing = Preprocessing(mode=spec.preprocessing_mode, size=image_size, **mean_std)
@@ -160,7 +163,7 @@ class ClipBackbone(Backbone):
         return cls(spec, model=model, image_size=model.config.image_size, norm=norm)
 
     def describe(self) -> dict[str, Any]:
-        cfg = self.model.config
+        cfg = self.config
         return {
             "name": "clip",
             "model": self.spec.model,
@@ -182,23 +185,45 @@ class ClipBackbone(Backbone):
         autocast = getattr(self, "autocast_dtype", None)
         if autocast is not None:
             with torch.autocast(pixels.device.type, dtype=autocast):
-                out = self.model(pixel_values=pixels.to(dtype))
+                feats = self.model(pixels.to(dtype))
         else:
-            out = self.model(pixel_values=pixels.to(dtype))
-        if self.spec.feature == "image_embeds":
-            feats = out.image_embeds
-        else:
-            # pooled output = post-layernorm CLS token, before the visual projection
-            feats = self.model.vision_model.post_layernorm(out.last_hidden_state[:, 0, :])
+            feats = self.model(pixels.to(dtype))
         feats = feats.float()
         if self.spec.normalize:
             feats = torch.nn.functional.normalize(feats, dim=-1)
         return feats
 
 
-# name -> factory(options dict) -> Backbone. Weight-free forensic backbones join here.
+class _ClipFeature(nn.Module):
+    """pixels -> ``image_embeds`` (projected) or ``pooled`` (post-layernorm CLS) of a CLIPVisionModelWithProjection."""
+
+    def __init__(self, clip: nn.Module, feature: str) -> None:
+        super().__init__()
+        self.clip = clip
+        self.feature = feature
+        vision = clip.vision_model
+        # the CLS-only last layer when the structure is the usual one; otherwise the model's own forward
+        self._pooled = clipfast.pooled_cls_fn(vision) if clipfast.supports(vision) else None
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self._pooled is not None:
+            pooled = self._pooled(pixels)
+        else:
+            pooled = self.clip.vision_model(pixel_values=pixels).pooler_output
+        return self.clip.visual_projection(pooled) if self.feature == "image_embeds" else pooled
+
+
+def _spec_factory(opts: dict[str, Any], device: torch.device) -> Backbone:
+    from .forensic import spec_factory
+
+    return spec_factory(opts, device)
+
+
+# name -> factory(options dict) -> Backbone. "spec": weight-free forensic backbones, CLIP with random weights and
+# "+"-combinations, selected by a spec string in place of a CLIP id ("spectrum:size=64+npr"; causalclip.forensic).
 BACKBONES: dict[str, Callable[[dict[str, Any], torch.device], Backbone]] = {
     "clip": lambda opts, device: ClipBackbone.load(ClipSpec(**opts), device=device),
+    "spec": _spec_factory,
 }
 
 
@@ -217,6 +242,9 @@ def load_backbone(
     per-op casts); on CUDA the weights stay fp32 and the forward pass runs under ``torch.autocast``, which keeps
     layer norms and softmax in fp32.
     """
+    from .forensic import resolve_spec
+
+    kind, model, options = resolve_spec(kind, model, options)  # "spectrum", "npr:size=64", "clip+spectrum", ...
     if kind not in BACKBONES:
         raise BackboneError(f"unknown backbone kind {kind!r}; available: {sorted(BACKBONES)}")
     device = torch.device(device)

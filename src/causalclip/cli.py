@@ -119,15 +119,24 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     )
     if len(listing.samples) == 0:
         raise ValueError(f"{args.root}: the {args.layout} layout found no images")
-    backbone = load_backbone(
-        args.backbone,
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-        feature=args.feature,
-        normalize=args.normalize,
-        preprocessing_mode=args.preprocess,
-    )
+    load_args = {"feature": args.feature, "normalize": args.normalize, "preprocessing_mode": args.preprocess}
+    ray_options = None
+    if args.engine == "ray":  # the driver's copy (on CPU) fixes the job's identity; each actor loads its own
+        from .ray_engine import RayOptions, actor_precision
+
+        precision = actor_precision(args.precision, args.device)
+        backbone = load_backbone(args.backbone, device="cpu", precision=precision, **load_args)
+        ray_options = RayOptions(
+            address=args.ray_address,
+            actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor,
+            cpus_per_actor=args.cpus_per_actor,
+            backbone_args={"model": args.backbone, "compile": args.compile, **load_args},
+        )
+    else:
+        backbone = load_backbone(
+            args.backbone, device=args.device, precision=args.precision, compile=args.compile, **load_args
+        )
     config = ExtractConfig(
         batch_size=args.batch_size, shard_size=args.shard_size, workers=args.workers, storage_dtype=args.dtype
     )
@@ -143,6 +152,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         ignored=listing.ignored,
         device=args.device,
         progress=not args.quiet,
+        engine=args.engine,
+        ray_options=ray_options,
     )
     print(
         f"{res.out}: {res.n_ok} of {res.n_planned} images extracted ({res.n_extracted_now} in this run, "
@@ -151,7 +162,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if len(res.errors):
         for reason, count in res.errors["reason"].value_counts().items():
             print(f"  {count:>6} x {reason}")
-        print(f"  every one is listed in {res.out / 'errors.csv'}")
+        print(f"  every one is listed in {res.out}/errors.csv")
         return 1
     return 0
 
@@ -231,11 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     x.add_argument("--device", default="cpu")
     x.add_argument("-q", "--quiet", action="store_true")
+    r = x.add_argument_group("distributed (--engine ray; docs/distributed.md)")
+    r.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data on a Ray cluster")
+    r.add_argument("--ray-address", metavar="ADDR", help="auto (this node's cluster), ray://HEAD:10001; default local")
+    r.add_argument("--actors", type=int, help="backbone actors (default: one per GPU, or CPUs / 2)")
+    r.add_argument("--gpus-per-actor", type=float, help="default 1 with --device cuda, else 0 (CPU actors)")
+    r.add_argument("--cpus-per-actor", type=float, default=1.0)
     x.set_defaults(func=_cmd_extract)
 
     i = sub.add_parser("inspect", help="validate and summarise a feature set", description="Validate a feature set.")
     i.add_argument("dir", metavar="DIR")
     i.set_defaults(func=_cmd_inspect)
+
+    from .commands import register_all
+
+    register_all(sub)
     return p
 
 

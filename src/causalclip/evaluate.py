@@ -10,22 +10,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .calibration import stored_threshold
 from .checkpoint import load_head
 from .features import FeatureSet, atomic_write, open_feature_set
-from .metrics import balanced_indices, per_generator_metrics
+from .metrics import MetricsError, balanced_indices, per_generator_metrics
 from .train import FEATURE_KEYS, predict
 
-__all__ = ["EvalResult", "evaluate", "format_table"]
+__all__ = ["EvalResult", "check_compatible", "evaluate", "format_table"]
 
 
 @dataclass
 class EvalResult:
-    metrics: pd.DataFrame  # generator, n_real, n_fake, ap, acc, real_acc, fake_acc (+ a "mean" row)
+    # generator, n_real, n_fake, ap, acc, real_acc, fake_acc, acc_oracle (+ *_calibrated, threshold_calibrated
+    # when the run has a stored threshold) and a "mean" row
+    metrics: pd.DataFrame
     predictions: pd.DataFrame  # path, generator, label, score
     notes: list[str]
+    calibration: dict | None = None  # the run's threshold.json (or detector.json record) used, if any
 
 
-def _check_compatible(info: dict, fs: FeatureSet, run: Path) -> None:
+def check_compatible(info: dict, fs: FeatureSet, run: Path) -> None:
+    """Refuse a feature set made differently from the features the head was trained on (dim, backbone, ...)."""
     if info["dim"] != fs.dim:
         raise ValueError(f"{fs.root}: features have dim {fs.dim}, but the head in {run} expects {info['dim']}")
     trained = info.get("features", {})
@@ -55,14 +60,21 @@ def evaluate(
     With ``balance`` (the protocol's default), each generator's reals and fakes are subsampled, seeded, to equal
     numbers (capped at ``max_per_class``); the counts used are in the metrics table. With ``out``, writes
     ``metrics.csv`` and ``predictions.csv`` there. The same generator name in two test sets is an error.
+
+    ``acc_oracle`` (best accuracy over thresholds on each generator's own test data) is an optimistic upper
+    bound. When ``run`` holds a calibrated threshold (threshold.json, or a detector folder's detector.json), the
+    accuracies at that threshold are added as ``*_calibrated`` columns with ``threshold_calibrated``.
     """
     run = Path(run)
+    calibration = stored_threshold(run)
     loaded = load_head(run, device=device)
     parts, notes = [], []
     owner: dict[str, Path] = {}
     for ts in test_sets:
         fs = ts if isinstance(ts, FeatureSet) else open_feature_set(ts)
-        _check_compatible(loaded.info, fs, run)
+        check_compatible(loaded.info, fs, run)
+        if len(fs) == 0:
+            raise MetricsError(f"{fs.root}: the test set has no samples")
         gens = fs.generators
         for g in pd.unique(gens):
             if g in owner and owner[g] != fs.root:
@@ -79,18 +91,26 @@ def evaluate(
             pd.DataFrame({"path": fs.paths[idx], "generator": gens[idx], "label": fs.labels[idx], "score": scores})
         )
     predictions = pd.concat(parts, ignore_index=True)
-    metrics = per_generator_metrics(predictions, threshold=threshold)
+    metrics = per_generator_metrics(
+        predictions,
+        threshold=threshold,
+        calibrated_threshold=None if calibration is None else float(calibration["threshold"]),
+        sources={g: str(root) for g, root in owner.items()},
+    )
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         for name, df in (("metrics.csv", metrics), ("predictions.csv", predictions)):
             atomic_write(out / name, lambda p, df=df: df.to_csv(p, index=False))
-    return EvalResult(metrics=metrics, predictions=predictions, notes=notes)
+    return EvalResult(metrics=metrics, predictions=predictions, notes=notes, calibration=calibration)
 
 
 def format_table(metrics: pd.DataFrame) -> str:
-    """A fixed-width text table of a metrics frame, AP and accuracies in percent."""
+    """A fixed-width text table of a metrics frame, AP and accuracies in percent (oracle and calibrated accuracy
+    when the frame has them)."""
+    extra = [(c, h) for c, h in (("acc_oracle", "oracle"), ("acc_calibrated", "calib")) if c in metrics.columns]
     header = f"{'generator':<20} {'n_real':>7} {'n_fake':>7} {'AP':>7} {'ACC':>7} {'real':>7} {'fake':>7}"
+    header += "".join(f" {h:>7}" for _, h in extra)
     lines = [header, "-" * len(header)]
     for _, r in metrics.iterrows():
         if r["generator"] == "mean":
@@ -98,5 +118,10 @@ def format_table(metrics: pd.DataFrame) -> str:
         lines.append(
             f"{str(r['generator'])[:20]:<20} {int(r['n_real']):>7} {int(r['n_fake']):>7} {100 * r['ap']:>7.2f} "
             f"{100 * r['acc']:>7.2f} {100 * r['real_acc']:>7.2f} {100 * r['fake_acc']:>7.2f}"
+            + "".join(f" {100 * r[c]:>7.2f}" for c, _ in extra)
         )
+    if "threshold_calibrated" in metrics.columns and len(metrics):
+        lines.append(f"calib = ACC at the run's calibrated threshold {metrics['threshold_calibrated'].iloc[0]:.4g}")
+    if extra:
+        lines.append("oracle = best ACC over thresholds on each test set itself: an optimistic upper bound")
     return "\n".join(lines)

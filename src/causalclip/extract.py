@@ -231,6 +231,35 @@ def _assemble(
     return len(table), err
 
 
+def _check_request(samples: pd.DataFrame, cfg: ExtractConfig) -> None:
+    for col in ("path", "label", "generator"):
+        if col not in samples.columns:
+            raise ExtractError(f"the sample list lacks column {col!r}")
+    if cfg.batch_size <= 0 or cfg.shard_size <= 0:
+        raise ExtractError("batch_size and shard_size must be positive")
+
+
+def _job_identity(
+    backbone: Backbone,
+    pert: Perturbation,
+    augmentation: Augmentation | None,
+    augment_seed: int,
+    cfg: ExtractConfig,
+    root: str,
+) -> dict[str, Any]:
+    """job.json: what the features are; both engines write it the same way."""
+    return {
+        "backbone": backbone.describe(),
+        "preprocessing": backbone.preprocessing.to_dict(),
+        "perturbation": pert.to_dict(),
+        "augmentation": None if augmentation is None else {**augmentation.to_dict(), "seed": augment_seed},
+        "precision": getattr(backbone, "precision", "float32"),
+        "storage_dtype": cfg.storage_dtype,
+        "shard_size": cfg.shard_size,
+        "root": root,
+    }
+
+
 def extract(
     samples: pd.DataFrame,
     *,
@@ -244,6 +273,8 @@ def extract(
     ignored: pd.DataFrame | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    engine: Literal["local", "ray"] = "local",
+    ray_options: Any = None,
 ) -> ExtractResult:
     """Extract features of ``samples`` (columns path, label, generator; paths relative to ``root``) into ``out``.
 
@@ -252,25 +283,44 @@ def extract(
     Resumable: completed shards are kept and the rest is done. ``ignored`` (path, reason) lists files the
     listing step did not use; they are reported in errors.csv with the decode errors. Returns the counts and the
     error table; a set with at least one usable image is always written.
+
+    ``engine="ray"`` runs the same job on a Ray cluster (``causalclip.ray_engine``, options in ``ray_options``, a
+    ``RayOptions``): same folder, files and rows, and either engine resumes the other's work. It also reads
+    images and writes ``out`` by URI (s3://, gs://, file://); the local engine takes local paths only.
     """
+    if engine == "ray":
+        from .ray_engine import extract_ray
+
+        return extract_ray(
+            samples,
+            root=root,
+            out=out,
+            backbone=backbone,
+            perturbation=perturbation,
+            augmentation=augmentation,
+            augment_seed=augment_seed,
+            config=config,
+            ignored=ignored,
+            device=device,
+            progress=progress,
+            options=ray_options,
+        )
+    if engine != "local":
+        raise ExtractError(f"engine must be 'local' or 'ray', got {engine!r}")
     cfg = config or ExtractConfig()
     pert = perturbation or Perturbation()
+    _check_request(samples, cfg)
+    for what, value in (("root", root), ("out", out)):
+        if "://" in os.fspath(value):
+            raise ExtractError(
+                f"{what} {os.fspath(value)!r} is a URI; the local engine takes local paths (use engine='ray')"
+            )
+    if samples["path"].astype(str).str.contains("://", regex=False).any():
+        raise ExtractError(
+            "the sample list holds URI paths (s3://, ...); the local engine reads local files only (use engine='ray')"
+        )
     out, root = Path(out), Path(root)
-    for col in ("path", "label", "generator"):
-        if col not in samples.columns:
-            raise ExtractError(f"the sample list lacks column {col!r}")
-    if cfg.batch_size <= 0 or cfg.shard_size <= 0:
-        raise ExtractError("batch_size and shard_size must be positive")
-    identity = {
-        "backbone": backbone.describe(),
-        "preprocessing": backbone.preprocessing.to_dict(),
-        "perturbation": pert.to_dict(),
-        "augmentation": None if augmentation is None else {**augmentation.to_dict(), "seed": augment_seed},
-        "precision": getattr(backbone, "precision", "float32"),
-        "storage_dtype": cfg.storage_dtype,
-        "shard_size": cfg.shard_size,
-        "root": str(root),
-    }
+    identity = _job_identity(backbone, pert, augmentation, augment_seed, cfg, str(root))
     plan = _prepare_plan(out, samples, identity)
     (out / "parts").mkdir(exist_ok=True)
     n = len(plan)

@@ -242,8 +242,11 @@ def load_rgb(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     formats: Sequence[str] | None = DEFAULT_FORMATS,
+    data: bytes | None = None,
 ) -> np.ndarray:
     """Decode ``path`` to a C-contiguous, writeable (H, W, 3) uint8 RGB array, the same way for every format.
+
+    ``data``: the file's bytes, already in memory (an HTTP upload); ``path`` then only names it in errors.
 
     The EXIF orientation is applied (upright pixels), animations give their first frame, alpha is composited onto
     black, 16-bit samples keep their high byte. Images over ``max_pixels`` are refused from the header alone, before
@@ -261,7 +264,7 @@ def load_rgb(
         )
     spath = os.fsdecode(os.fspath(path))
     allowed = _allowed_formats(None if formats is None else tuple(formats))
-    data = _read_bytes(spath)
+    data = _read_bytes(spath) if data is None else bytes(data)
     try:
         im = _open(spath, data, allowed, max_pixels)
         with im:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,8 @@ from sklearn.metrics import average_precision_score
 __all__ = ["MetricsError", "balanced_indices", "binary_metrics", "per_generator_metrics", "probe_accuracy"]
 
 METRIC_COLUMNS = ["generator", "n_real", "n_fake", "ap", "acc", "real_acc", "fake_acc"]
+# Added by per_generator_metrics when a calibrated threshold is given (after acc_oracle, which is always there).
+CALIBRATED_COLUMNS = ["acc_calibrated", "real_acc_calibrated", "fake_acc_calibrated", "threshold_calibrated"]
 
 
 class MetricsError(ValueError):
@@ -51,18 +53,49 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float =
     }
 
 
-def per_generator_metrics(predictions: pd.DataFrame, *, threshold: float = 0.5) -> pd.DataFrame:
-    """One row per generator (columns METRIC_COLUMNS) plus a final ``mean`` row (mean of the per-generator
-    metrics; sample counts are summed). ``predictions`` has columns generator, label, score."""
+def per_generator_metrics(
+    predictions: pd.DataFrame,
+    *,
+    threshold: float = 0.5,
+    calibrated_threshold: float | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """One row per generator plus a final ``mean`` row (mean of the per-generator metrics; sample counts are
+    summed). ``predictions`` has columns generator, label, score.
+
+    Columns: METRIC_COLUMNS (AP, accuracy at ``threshold`` overall, on reals, on fakes), then ``acc_oracle`` (the
+    best accuracy over thresholds on that generator's own test data: an optimistic upper bound, it uses the test
+    labels) and, with ``calibrated_threshold``, ``acc_calibrated``, ``real_acc_calibrated``,
+    ``fake_acc_calibrated`` and ``threshold_calibrated``. ``sources`` maps a generator to the test set it came
+    from, so that an error (a generator with one class only) names both.
+    """
+    from .calibration import oracle_accuracy
+
+    for col in ("generator", "label", "score"):
+        if col not in predictions.columns:
+            raise MetricsError(f"predictions: missing column {col!r}")
+    if len(predictions) == 0:
+        raise MetricsError("test sets: no predictions to compute metrics on (the test sets are empty)")
+    sources = sources or {}
     rows = []
     for gen, grp in predictions.groupby("generator", sort=False):
-        m = binary_metrics(
-            grp["label"].to_numpy(), grp["score"].to_numpy(), threshold=threshold, name=f"generator {gen!r}"
-        )
+        name = f"generator {gen!r}"
+        if gen in sources:
+            name = f"test set {sources[gen]}, {name}"
+        labels, scores = grp["label"].to_numpy(), grp["score"].to_numpy()
+        m = binary_metrics(labels, scores, threshold=threshold, name=name)
+        m["acc_oracle"] = oracle_accuracy(labels, scores, name=name)
+        if calibrated_threshold is not None:
+            c = binary_metrics(labels, scores, threshold=calibrated_threshold, name=name)
+            m.update({f"{k}_calibrated": c[k] for k in ("acc", "real_acc", "fake_acc")})
+            m["threshold_calibrated"] = float(calibrated_threshold)
         rows.append({"generator": gen, **m})
-    table = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    extra = ["acc_oracle"]
+    if calibrated_threshold is not None:
+        extra += CALIBRATED_COLUMNS
+    table = pd.DataFrame(rows, columns=METRIC_COLUMNS + extra)
     mean = {"generator": "mean", "n_real": int(table["n_real"].sum()), "n_fake": int(table["n_fake"].sum())}
-    for col in ("ap", "acc", "real_acc", "fake_acc"):
+    for col in METRIC_COLUMNS[3:] + extra:
         mean[col] = float(table[col].mean())
     return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
 

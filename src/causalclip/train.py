@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .calibration import calibration_record, write_threshold
 from .checkpoint import save_head
 from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, load_config_file, parse_override
 from .features import FeatureSet, atomic_write, open_feature_set, save_npy
@@ -393,6 +394,11 @@ def train(
                 "best_epoch": best_epoch,
             },
         },
+    )
+    # The decision threshold that maximises balanced accuracy on the validation set (evaluate reports ACC at it).
+    val_scores = predict(model, va, device=str(device))
+    write_threshold(
+        out, calibration_record(va.labels, val_scores, source=str(va.root), name=f"validation set {va.root}")
     )
     return TrainResult(
         run_dir=out,

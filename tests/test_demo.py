@@ -1,0 +1,237 @@
+"""The offline demo (causalclip.demo): the tiny preset end to end through the CLI with the network disabled,
+determinism, scene-disjoint splits, the build cache, and errors for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import average_precision_score
+
+pytest.importorskip("skimage")  # the built-in photos ship with scikit-image (extra "demo")
+
+from causalclip.cli import main  # noqa: E402
+from causalclip.demo import PRESETS, build_benchmark  # noqa: E402
+from causalclip.demo.build import BuildConfig, to_grey  # noqa: E402
+from causalclip.demo.generators import FamilyConfig  # noqa: E402
+from causalclip.demo.photos import (  # noqa: E402
+    BUILTIN_PHOTOS,
+    DemoError,
+    builtin_photos,
+    load_photo,
+    split_scenes,
+    tile_grid,
+)
+from causalclip.demo.run import DemoConfig, run_demo  # noqa: E402
+from causalclip.detector import load_detector  # noqa: E402
+
+TINY = PRESETS["tiny"]
+FAMILIES = TINY.families
+TRAIN_ON = ("tconv-gan", "vae")
+FAST_TRAIN = tuple({"train.epochs": 3, "train.batch_size": 16, "train.lr": 1e-3, "train.num_threads": 1}.items())
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("the demo tried to use the network")
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """`causalclip demo --preset tiny` through the CLI, with every way of opening a connection disabled."""
+    root = tmp_path_factory.mktemp("demo")
+    argv = [
+        "demo",
+        "--preset",
+        "tiny",
+        "--out",
+        str(root / "out"),
+        "--cache",
+        str(root / "cache"),
+        "-q",
+        "--train-families",
+        *TRAIN_ON,
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _no_network)
+        mp.setattr(socket, "create_connection", _no_network)
+        mp.setattr(socket, "getaddrinfo", _no_network)
+        code = main(argv)
+    assert code == 0
+    return root
+
+
+def test_demo_runs_the_protocol_end_to_end(tiny_demo, capsys):
+    out = tiny_demo / "out"
+    results = pd.read_csv(out / "results.csv")
+    heads = {"causalclip", "univfd", "vib"}
+    assert set(results["head"]) == heads and set(results["train_family"]) == set(TRAIN_ON)
+    assert set(results["test_family"]) == set(FAMILIES)
+    assert len(results) == len(TRAIN_ON) * len(heads) * len(FAMILIES)
+    assert (results["seen"] == (results["train_family"] == results["test_family"])).all()
+    assert (results["n_real"] == results["n_fake"]).all() and (results["n_real"] > 0).all()
+    # every AP recomputed from the saved predictions with sklearn
+    for (fam, head), group in results.groupby(["train_family", "head"]):
+        preds = pd.read_csv(out / "eval" / fam / f"{head}-seed0" / "predictions.csv")
+        for _, row in group.iterrows():
+            p = preds[preds["generator"] == row["test_family"]]
+            assert row["ap"] == pytest.approx(average_precision_score(p["label"], p["score"]), abs=1e-6)
+    md = (out / "results.md").read_text()
+    assert "| CausalCLIP |" in md and "| VIB-Net |" in md and "tconv-gan (train)" in md
+    info = json.loads((out / "demo.json").read_text())
+    assert info["backbone"] == "spectrum:size=32+npr:size=32" and info["seconds"]["total"] > 0
+    assert info["backbone_record"]["name"] == "concat"
+    if _has_matplotlib():
+        for name in ("unseen_ap.png", "cross_family_ap.png"):
+            with Image.open(out / "plots" / name) as im:
+                assert im.size[0] > 100
+    det = load_detector(out / "detector")
+    assert det.feature_dim == 22 + 90  # spectrum rings of a 32 px tile + NPR statistics
+    assert det.backbone["name"] == "concat" and det.preprocessing["size"] == 32
+    assert det.provenance["train_family"] == "tconv-gan"
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_no_scene_is_in_two_splits(tiny_demo):
+    bench = next((tiny_demo / "cache").glob("real-*"))
+    tiles = pd.read_csv(bench / "tiles.csv")
+    assert tiles.groupby("scene")["split"].nunique().max() == 1
+    assert set(tiles["split"]) == {"train", "val", "test"}
+    for path, split in zip(tiles["path"], tiles["split"], strict=True):
+        assert path.startswith(f"real/{split}/") and (bench / path).is_file()
+    # fakes pair with the reals of their own split (the vae re-synthesises exactly those tiles)
+    for folder in bench.glob("fakes-*"):
+        fakes = pd.read_csv(folder / "fakes.csv")
+        src = fakes.merge(tiles, left_on="source", right_on="tile", suffixes=("", "_real"))
+        assert len(src) == len(fakes) and (src["split"] == src["split_real"]).all()
+        assert (fakes.groupby("split").size() == tiles.groupby("split").size()).all()  # balanced per split
+
+
+def test_full_preset_split_keeps_scenes_together():
+    """The full preset's split, computed from all the built-in photos without building anything."""
+    cfg = PRESETS["full"]
+    rows = []
+    for photo in builtin_photos():
+        rgb = load_photo(photo)
+        corners = tile_grid(
+            rgb, size=cfg.tile, max_tiles=cfg.max_tiles_per_photo, min_std=cfg.min_std, rng=np.random.default_rng(0)
+        )
+        rows.append((photo.scene, len(corners), bool((rgb[..., 0] == rgb[..., 2]).all())))
+    per_scene = (
+        pd.DataFrame(rows, columns=["scene", "n_tiles", "grey"])
+        .groupby("scene")
+        .agg(n_tiles=("n_tiles", "sum"), grey=("grey", "all"))
+    )
+    split = split_scenes(per_scene.reset_index(), fractions=cfg.fractions, seed=0)
+    assert set(split) == set(per_scene.index)  # every scene, each in exactly one split (a dict)
+    assert len({s for *_, s in BUILTIN_PHOTOS}) == len(per_scene) == 19  # the motorcycle pair is one scene
+    for grey in (True, False):  # colour and grey scenes in every split
+        assert {split[s] for s in per_scene.index[per_scene["grey"] == grey]} == {"train", "val", "test"}
+    counts = per_scene.groupby(pd.Series(split))["n_tiles"].sum() / per_scene["n_tiles"].sum()
+    assert counts["train"] == pytest.approx(0.6, abs=0.1)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in (".jpg", ".csv", ".safetensors")
+    }
+
+
+def test_same_seed_same_tiles_and_metrics(tmp_path, tiny_demo):
+    """The CLI run of the fixture again, through the API, into a fresh cache: the same bytes, the same numbers."""
+    cfg = DemoConfig.preset("tiny", train_families=TRAIN_ON)
+    again = run_demo(tmp_path / "out", cfg, cache=tmp_path / "cache")
+    first = next((tiny_demo / "cache").glob("real-*"))
+    assert again.benchmark.root.name == first.name  # the same cache key
+    a, b = _digest(first), _digest(again.benchmark.root)
+    assert len(a) > 100 and a == b  # every tile, generator and table byte-identical
+    cols = ["train_family", "head", "test_family", "ap", "acc", "real_acc", "fake_acc"]
+    before = pd.read_csv(tiny_demo / "out" / "results.csv")[cols]
+    after = pd.read_csv(tmp_path / "out" / "results.csv")[cols]
+    pd.testing.assert_frame_equal(before, after)
+    other = build_benchmark(dataclasses.replace(TINY, seed=1, families=("tconv-gan", "vae")), tmp_path / "cache2")
+    assert _digest(other.root)["tiles.csv"] != a["tiles.csv"]  # another seed: other tiles
+
+
+def test_cache_is_reused_and_rebuilt_only_where_parameters_changed(tmp_path, tiny_demo):
+    cache = tiny_demo / "cache"
+    again = build_benchmark(TINY, cache)
+    assert again.seconds == {}  # nothing rebuilt
+    budgets = dict(TINY.family_configs)
+    budgets["vae"] = FamilyConfig(steps=3, batch_size=8, width=4)
+    changed = build_benchmark(dataclasses.replace(TINY, family_configs=tuple(budgets.items())), cache)
+    assert set(changed.seconds) == {"vae"} and changed.root == again.root
+    assert changed.family_dirs["vae"] != again.family_dirs["vae"]
+    assert changed.family_dirs["tconv-gan"] == again.family_dirs["tconv-gan"]
+
+
+def test_fakes_of_grey_scenes_are_grey_like_their_reals(tiny_demo):
+    bench = next((tiny_demo / "cache").glob("real-*"))
+    tiles = pd.read_csv(bench / "tiles.csv")
+    assert tiles["grey"].any() and not tiles["grey"].all()
+    for folder in bench.glob("fakes-*"):
+        fakes = pd.read_csv(folder / "fakes.csv")
+        for path, grey in zip(fakes["path"][:12], fakes["grey"][:12], strict=True):
+            rgb = np.asarray(Image.open(folder / path).convert("RGB")).astype(int)
+            assert rgb.shape == (TINY.tile, TINY.tile, 3)
+            if grey:  # grey up to JPEG rounding, like the grey reals
+                assert np.abs(rgb[..., 0] - rgb[..., 2]).max() <= 2
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    g = to_grey(rgb)
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+
+
+def test_own_photos_and_errors(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for scene in ("a", "b"):
+        (photos / scene).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(photos / scene / f"{k}.png")
+    cfg = BuildConfig(
+        builtin=False, photo_dirs=(str(photos),), tile=32, max_tiles_per_photo=2, family_configs=TINY.family_configs
+    )
+    with pytest.raises(DemoError, match="at least 3 scenes"):
+        build_benchmark(cfg, tmp_path / "cache")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photos / "single.png")
+    bench = build_benchmark(cfg, tmp_path / "cache")
+    assert set(bench.tiles["scene"]) == {"user/a", "user/b", "user/single.png"}
+    assert bench.tiles.groupby("scene")["split"].nunique().max() == 1
+
+    code = main(
+        [
+            "demo",
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path / "o"),
+            "--photos",
+            str(tmp_path / "missing"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert code == 2 and "missing: photo folder not found" in capsys.readouterr().err
+    with pytest.raises(DemoError, match="unknown generator family"):
+        build_benchmark(dataclasses.replace(TINY, families=("tconv-gan", "stylegan")), tmp_path / "cache")
+
+
+def test_an_output_folder_holds_one_demo(tiny_demo):
+    other = DemoConfig(build=TINY, backbone="spectrum:size=32", train_overrides=FAST_TRAIN)
+    with pytest.raises(DemoError, match="another benchmark or backbone"):
+        run_demo(tiny_demo / "out", other, cache=tiny_demo / "cache")
