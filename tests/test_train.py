@@ -173,9 +173,14 @@ def test_weights_hidden_in_a_pickle_are_refused(tmp_path):
     pk.mkdir()
     (pk / "config.json").write_text((good / "config.json").read_text())
     torch.save({"fc.weight": torch.zeros(1, 8), "fc.bias": torch.zeros(1), "x": _Payload(marker)}, pk / "model.pt")
-    with pytest.raises(CheckpointError, match="not safetensors.*model.pt"):
+    with pytest.raises(CheckpointError, match="pickle-based files.*model.pt"):
+        load_head(pk)
+    # ... also beside valid-looking safetensors weights
+    (pk / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="pickle-based files.*model.pt"):
         load_head(pk)
     # 2) a pickle renamed to model.safetensors
+    (pk / "model.pt").unlink()
     (pk / "model.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(CheckpointError, match="model.safetensors: not a valid safetensors file"):
         load_head(pk)

@@ -94,7 +94,7 @@ class ClipSpec:
 
 
 def _is_local(model: str) -> bool:
-    return os.path.isdir(model) or model.startswith((".", "/", "~"))
+    return os.path.isdir(model) or model.startswith((".", "/", "~")) or model.endswith("/")
 
 
 def _read_norm(model: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -142,10 +142,14 @@ class ClipBackbone(Backbone):
             )
             if missing or not has_weights:
                 found = sorted(os.listdir(model_id))[:10]
+                pickles = any(n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in found)
                 raise BackboneError(
-                    f"{model_id}: incomplete CLIP folder: needs config.json and model.safetensors (found {found}); "
-                    "pickle-based .bin weights are not loaded"
+                    f"{model_id}: incomplete CLIP folder: needs config.json and model.safetensors (found {found})"
+                    + ("; pickle-based .bin weights are not loaded" if pickles else "")
                 )
+            # recorded in feature sets and detectors: an absolute path, so that a detector used from another
+            # working directory does not pick up a different folder of the same name
+            spec = dataclasses.replace(spec, model=os.path.abspath(model_id))
         try:
             attn = spec.attn_implementation or ("eager" if device is None or device.type == "cpu" else "sdpa")
             model = CLIPVisionModelWithProjection.from_pretrained(
@@ -158,7 +162,8 @@ class ClipBackbone(Backbone):
                 if not os.path.isdir(model_id)
                 else "Check that the folder holds a complete CLIP checkpoint."
             )
-            raise BackboneError(f"cannot load CLIP weights from {spec.model!r}: {exc}. {hint}") from exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+            raise BackboneError(f"cannot load CLIP weights from {spec.model!r}: {first}. {hint}") from exc
         norm = _read_norm(model_id) if os.path.isdir(model_id) else None
         return cls(spec, model=model, image_size=model.config.image_size, norm=norm)
 

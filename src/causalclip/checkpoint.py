@@ -70,13 +70,16 @@ def load_head(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedH
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a directory (expected a run or detector folder)")
+    # A folder that holds pickle files is refused even beside safetensors weights (as detector folders are):
+    # nothing would be unpickled, but such a folder did not come from causalclip and may not be what it claims.
+    unsafe = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+    if unsafe:
+        raise CheckpointError(
+            f"{folder}: holds pickle-based files ({', '.join(unsafe)}); refusing to load from it because pickle "
+            f"files can run arbitrary code. Keep only {CONFIG_NAME} and {WEIGHTS_NAME} (convert in a trusted "
+            "environment)."
+        )
     if not w_path.is_file():
-        unsafe = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
-        if unsafe:
-            raise CheckpointError(
-                f"{folder}: weights are not safetensors ({', '.join(unsafe)}); refusing to load them because "
-                f"pickle-based files can run arbitrary code. Convert them to {WEIGHTS_NAME} in a trusted environment."
-            )
         raise CheckpointError(f"{w_path}: missing")
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing")

@@ -57,6 +57,19 @@ class TrainConfig:
     # torch.set_num_threads for the run; 0 = leave torch's default.
     num_threads: int = 0
 
+    def validate(self) -> None:
+        """Ranges the types cannot express (called by config_from_dict; errors name the key)."""
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("val_max_samples", "nc_probe_every", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.min_lr < 0:
+            raise ValueError(f"weight_decay and min_lr must be >= 0, got {self.weight_decay} and {self.min_lr}")
+
 
 def _check_value(name: str, tp: Any, value: Any, where: str) -> Any:
     """Coerce/validate one config value against its annotation; raise ConfigError naming the key."""

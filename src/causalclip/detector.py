@@ -203,7 +203,7 @@ def export_detector(
     if out.exists() and not out.is_dir():
         raise DetectorError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: not empty; choose another folder or pass overwrite")
+        raise FileExistsError(f"{out}: not empty; choose another folder or pass --overwrite (overwrite=True)")
     out.mkdir(parents=True, exist_ok=True)
     (out / DETECTOR_NAME).unlink(missing_ok=True)  # a half-updated folder must not look complete
     for name in (CONFIG_NAME, WEIGHTS_NAME):

@@ -223,7 +223,7 @@ def train(
     out = Path(out)
     if (out / "config.json").exists() and not overwrite:
         raise FileExistsError(
-            f"{out}: already holds a trained run (config.json); choose another --out or pass overwrite"
+            f"{out}: already holds a trained run (config.json); choose another --out or pass --overwrite"
         )
     tr, va = _as_set(train_set), _as_set(val_set)
     if tr.dim != va.dim:
@@ -303,7 +303,7 @@ def train(
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(b)
             seen += len(b)
             if progress and "cls" in logs_step:
-                bar.set_postfix(cls=f"{float(logs_step['cls']):.4f}", refresh=False)
+                bar.set_postfix(cls=f"{float(logs_step['cls'].detach()):.4f}", refresh=False)
         bar.close()
         train_s = time.perf_counter() - t0
 

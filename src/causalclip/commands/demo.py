@@ -58,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--cache", metavar="DIR", help="benchmark cache (default $CAUSALCLIP_CACHE or ~/.cache/causalclip/demo)"
     )
-    d.add_argument("--preset", choices=PRESET_NAMES, default="full", help="full (~15 min build) or tiny (seconds)")
+    d.add_argument(
+        "--preset", choices=PRESET_NAMES, default="full", help="full (about 8 min to build here) or tiny (seconds)"
+    )
     d.add_argument("--photos", action="append", metavar="DIR", help="also use your own photos (sub-folder = scene)")
     d.add_argument("--no-builtin-photos", action="store_true", help="only the --photos folders")
     d.add_argument("--backbone", metavar="SPEC", help="default spectrum:size=T+npr:size=T (T = tile size)")

@@ -97,7 +97,7 @@ _FULL_BUDGETS = {
 }
 _TINY_BUDGETS = {name: FamilyConfig(steps=6, batch_size=8, width=4, sample_steps=2) for name in FAMILIES}
 
-# "full": the benchmark the docs report (about 15 minutes to build on the 2-core development machine);
+# "full": the benchmark the docs report (7.6 minutes to build on the 2-core development machine, docs/demo.md);
 # "tiny": the same pipeline in seconds, for tests.
 PRESETS: dict[str, BuildConfig] = {
     "full": BuildConfig(family_configs=tuple(_FULL_BUDGETS.items())),
