@@ -316,6 +316,9 @@ def test_cli_exit_codes(tiny, engine, tmp_path, capsys):
     assert main(["detect", det, good, "--threshold", "1", "--fail-on-fake", "-q"]) == 0
     assert main(["detect", det, good, str(bad), "--threshold", "0", "--fail-on-fake", "-q"]) == 3
     # 2: model errors and usage errors
+    capsys.readouterr()
+    assert main(["detect", det, good, "--threshold", "2", "-q"]) == 2
+    assert "must be a probability" in capsys.readouterr().err
     assert main(["detect", str(tmp_path), good, "-q"]) == 2
     assert "detector.json" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

@@ -55,6 +55,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold {args.threshold}: must be a probability in [0, 1]")
     paths, problems, skipped = expand_inputs(args.inputs)
     if args.quiet:  # transformers draws its own "Loading weights" bar
         try:
