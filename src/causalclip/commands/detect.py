@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from contextlib import nullcontext
 from typing import IO
@@ -44,10 +45,34 @@ class _Writer:
         self.out.flush()
 
 
+def _expand_in_order(inputs: list[str]) -> tuple[list[str], list, int, list[int]]:
+    """expand_inputs, input by input, so that each unusable input keeps its place among the scored images:
+    (paths, problems, skipped, for each problem the number of paths before it). Duplicates are scored once."""
+    from ..detect import expand_inputs
+
+    paths: list[str] = []
+    problems: list = []
+    at: list[int] = []
+    seen: set[str] = set()
+    skipped = 0
+    for raw in inputs:
+        p, bad, n = expand_inputs([raw])
+        skipped += n
+        for d in bad:
+            problems.append(d)
+            at.append(len(paths))
+        for x in p:
+            key = os.path.normpath(x)
+            if key not in seen:
+                seen.add(key)
+                paths.append(x)
+    return paths, problems, skipped, at
+
+
 def _cmd_detect(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..detect import DetectionEngine, expand_inputs
+    from ..detect import DetectionEngine
 
     if args.threads is not None:
         if args.threads < 1:
@@ -57,7 +82,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold {args.threshold}: must be a probability in [0, 1]")
-    paths, problems, skipped = expand_inputs(args.inputs)
+    paths, problems, skipped, at = _expand_in_order(args.inputs)
     if args.quiet:  # transformers draws its own "Loading weights" bar
         try:
             from transformers.utils import logging as hf_logging
@@ -81,8 +106,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     target = open(args.output, "w", encoding="utf-8", newline="") if args.output else nullcontext(sys.stdout)  # noqa: SIM115
     with target as out:
         writer = _Writer(args.format, out)
-        for d in problems:
-            writer.write(d)
+        pending = list(zip(at, problems, strict=True))  # unusable inputs, written where they were given
         bar = tqdm(
             engine.detect_paths(paths),
             total=len(paths),
@@ -91,7 +115,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             file=sys.stderr,
             disable=True if args.quiet else None,  # None: only on a terminal
         )
-        for d in bar:
+        for i, d in enumerate(bar):
+            while pending and pending[0][0] <= i:
+                writer.write(pending.pop(0)[1])
             writer.write(d)
             if not d.ok:
                 bad.append(d)
@@ -99,6 +125,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                 n_fake += 1
             else:
                 n_real += 1
+        for _, d in pending:
+            writer.write(d)
     crops = "centre crop" if args.crops == "center" else f"grid of up to {args.max_crops} crops"
     summary = (
         f"{n_fake + n_real} image(s) scored: {n_fake} fake, {n_real} real (threshold {engine.threshold:.6g}, "
