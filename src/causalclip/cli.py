@@ -185,17 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a head on cached features", description="Train a head on a feature set.")
-    t.add_argument("--head", choices=sorted(HEADS), default="causalclip")
+    t.add_argument("--head", choices=sorted(HEADS), default="causalclip", help="which head (default: causalclip)")
     t.add_argument("--train", required=True, metavar="DIR", help="training feature set")
     t.add_argument("--val", required=True, metavar="DIR", help="validation feature set (early stopping)")
     t.add_argument("--out", required=True, metavar="RUN", help="run folder to create")
     t.add_argument("--config", metavar="FILE", help="JSON or TOML config: [train] and per-head sections")
     t.add_argument("--ablation", choices=sorted(ABLATIONS), help="Table 5 configuration (causalclip head)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. tau=0.5 or train.patience=3")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--epochs", type=int, help="maximum epochs (default 50; early stopping usually ends sooner)")
+    t.add_argument("--batch-size", type=int, help="default 256")
+    t.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -222,7 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--split", help="train / val / test, where the layout has splits")
     x.add_argument("--generator", help="generator name when ROOT is a single generator's folder")
     x.add_argument("--pair", action="append", metavar="NAME=REAL:FAKE", help="pairs layout: a generator's roots")
-    x.add_argument("--backbone", default="openai/clip-vit-large-patch14", metavar="ID_OR_PATH")
+    x.add_argument(
+        "--backbone",
+        default="openai/clip-vit-large-patch14",
+        metavar="ID_OR_PATH",
+        help="CLIP hub id or local folder (default: CLIP ViT-L/14), or a weight-free spec such as spectrum+npr",
+    )
     x.add_argument("--feature", choices=["image_embeds", "pooled"], default="image_embeds")
     x.add_argument("--normalize", action="store_true", help="L2-normalise the features")
     x.add_argument("--preprocess", choices=["crop", "clip"], default="crop", help="crop: centre crop, no resize")
