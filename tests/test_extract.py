@@ -335,20 +335,20 @@ def test_crash_between_shard_files_is_recovered(tiny_clip, image_tree, tmp_path,
     root, samples = image_tree
     cfg = ExtractConfig(batch_size=3, shard_size=6, workers=0)
     bb = load_backbone(str(tiny_clip), precision="fp32")
-    real_write_json = ex._write_json
+    real_write = ex._LocalFolder.write
     calls = {"n": 0}
 
-    def flaky(path, obj):
-        if path.name.startswith("shard-"):
+    def flaky(self, name, data):
+        if name.startswith("parts/shard-"):
             calls["n"] += 1
             if calls["n"] == 2:
                 raise KeyboardInterrupt  # dies just before the 2nd marker
-        real_write_json(path, obj)
+        real_write(self, name, data)
 
-    monkeypatch.setattr(ex, "_write_json", flaky)
+    monkeypatch.setattr(ex._LocalFolder, "write", flaky)
     with pytest.raises(KeyboardInterrupt):
         extract(samples, root=root, out=tmp_path / "x", backbone=bb, config=cfg, progress=False)
-    monkeypatch.setattr(ex, "_write_json", real_write_json)
+    monkeypatch.setattr(ex._LocalFolder, "write", real_write)
     res = extract(samples, root=root, out=tmp_path / "x", backbone=bb, config=cfg, progress=False)
     assert res.n_extracted_now == len(samples) - 6
     fs = open_feature_set(tmp_path / "x")

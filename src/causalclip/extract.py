@@ -22,6 +22,7 @@ refused. New images found on a later run are appended to the plan (and to the se
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .features import atomic_write, open_feature_set, save_npy
+from .features import FeatureSetError, atomic_write, open_feature_set
 from .imageio import DEFAULT_MAX_PIXELS, Augmentation, ImageDecodeError, Perturbation, Preprocessing, load_rgb
 
 __all__ = ["ExtractConfig", "ExtractError", "ExtractResult", "extract"]
@@ -123,101 +124,145 @@ def _collate(items):
     return rows, pixels, errors
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
 
 
 def _shard_name(k: int) -> str:
     return f"{k:05d}"
 
 
-def _prepare_plan(out: Path, samples: pd.DataFrame, identity: dict[str, Any]) -> pd.DataFrame:
-    """Create or extend OUT/plan.parquet after checking OUT/job.json; returns the plan."""
-    job_path, plan_path = out / "job.json", out / "plan.parquet"
-    if job_path.exists():
+class _LocalFolder:
+    """The job folder on a local disk. The job steps below read and write through this small interface (exists,
+    read, write whole files, makedirs); the Ray engine passes its URI folder (pyarrow/fsspec) instead, so both
+    engines write the same files with the same code."""
+
+    local = True
+
+    def __init__(self, out: Path) -> None:
+        self.base = out
+        self.uri = str(out)
+
+    def exists(self, name: str) -> bool:
+        return (self.base / name).exists()
+
+    def read(self, name: str) -> bytes:
+        return (self.base / name).read_bytes()
+
+    def write(self, name: str, data: bytes) -> None:
+        atomic_write(self.base / name, lambda p: p.write_bytes(data))
+
+    def makedirs(self, name: str = "") -> None:
+        (self.base / name).mkdir(parents=True, exist_ok=True)
+
+
+def _prepare_plan(f, samples: pd.DataFrame, identity: dict[str, Any]) -> pd.DataFrame:
+    """Create or extend plan.parquet after checking job.json; returns the plan."""
+    if f.exists("job.json"):
         try:
-            old = json.loads(job_path.read_text(encoding="utf-8"))
+            old = json.loads(f.read("job.json").decode("utf-8"))
         except (OSError, ValueError) as exc:
-            raise ExtractError(f"{job_path}: unreadable ({exc}); remove the folder to start over") from exc
+            raise ExtractError(f"{f.uri}/job.json: unreadable ({exc}); remove the folder to start over") from exc
         for key in IDENTITY_KEYS:
             if old.get(key) != identity.get(key):
                 raise ExtractError(
-                    f"{out}: already holds features made with a different {key} ({old.get(key)!r}, this run: "
+                    f"{f.uri}: already holds features made with a different {key} ({old.get(key)!r}, this run: "
                     f"{identity.get(key)!r}); refusing to mix them. Use another --out."
                 )
-    cols = [c for c in samples.columns]
-    if plan_path.exists():
-        plan = pd.read_parquet(plan_path)
+    cols = list(samples.columns)
+    if f.exists("plan.parquet"):
+        plan = pd.read_parquet(io.BytesIO(f.read("plan.parquet")))
         key = ["path", "generator", "label"]
         merged = samples.merge(plan[key].drop_duplicates(), on=key, how="left", indicator=True)
         new = samples[(merged["_merge"] == "left_only").to_numpy()]
         if len(new):
-            log.info("%d new image(s) appended to the plan of %s", len(new), out)
+            log.info("%d new image(s) appended to the plan of %s", len(new), f.uri)
             plan = pd.concat([plan, new[cols]], ignore_index=True)
-            atomic_write(plan_path, lambda p: plan.to_parquet(p, index=False))
+            f.write("plan.parquet", _parquet_bytes(plan))
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        f.makedirs()
         plan = samples[cols].reset_index(drop=True)
-        atomic_write(plan_path, lambda p: plan.to_parquet(p, index=False))
-    _write_json(job_path, identity)
+        f.write("plan.parquet", _parquet_bytes(plan))
+    f.write("job.json", _json_bytes(identity))
+    f.makedirs("parts")
     return plan
 
 
-def _shard_done(out: Path, k: int, start: int, stop: int) -> bool:
-    marker = out / "parts" / f"shard-{_shard_name(k)}.json"
-    if not marker.exists():
+def _shard_done(f, k: int, start: int, stop: int) -> bool:
+    name = _shard_name(k)
+    if not f.exists(f"parts/shard-{name}.json"):
         return False
     try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
+        info = json.loads(f.read(f"parts/shard-{name}.json").decode("utf-8"))
     except (OSError, ValueError):
         return False
     if (info.get("start"), info.get("stop")) != (start, stop):
         return False  # the plan grew since this shard was written: redo it with its new range
-    return info["n_ok"] == 0 or (out / f"features-{_shard_name(k)}.npy").exists()
+    return info["n_ok"] == 0 or f.exists(f"features-{name}.npy")
 
 
-def _write_shard(out: Path, k: int, start: int, stop: int, plan: pd.DataFrame, rows, feats, errors) -> None:
+def _write_shard(f, k: int, start: int, stop: int, plan: pd.DataFrame, rows, feats, errors) -> None:
     name = _shard_name(k)
-    parts = out / "parts"
     order = np.argsort(rows)
     rows = np.asarray(rows, dtype=np.int64)[order]
     samples = plan.iloc[rows].assign(plan_row=rows)
     err = pd.DataFrame(
         {"path": [plan["path"].iloc[r] for r, _ in errors], "stage": "decode", "reason": [e for _, e in errors]}
     )
-    atomic_write(parts / f"samples-{name}.parquet", lambda p: samples.to_parquet(p, index=False))
-    atomic_write(parts / f"errors-{name}.parquet", lambda p: err.to_parquet(p, index=False))
+    f.write(f"parts/samples-{name}.parquet", _parquet_bytes(samples))
+    f.write(f"parts/errors-{name}.parquet", _parquet_bytes(err))
     if len(rows):
         arr = np.concatenate(feats)[order]
-        atomic_write(out / f"features-{name}.npy", lambda p: save_npy(p, arr))
-    _write_json(
-        parts / f"shard-{name}.json", {"start": start, "stop": stop, "n_ok": len(rows), "n_failed": len(errors)}
-    )
+        bad = ~np.isfinite(arr).all(axis=1)
+        if not f.local and bad.any():  # a local folder is validated whole by _assemble; a remote one here
+            first = int(rows[np.argmax(bad)])
+            raise FeatureSetError(
+                f"{f.uri}/features-{name}.npy: {int(bad.sum())} vector(s) contain NaN or inf, first at plan row "
+                f"{first} ({plan['path'].iloc[first]})"
+            )
+        f.write(f"features-{name}.npy", _npy_bytes(arr))
+    info = {"start": start, "stop": stop, "n_ok": len(rows), "n_failed": len(errors)}
+    f.write(f"parts/shard-{name}.json", _json_bytes(info))
 
 
 def _assemble(
-    out: Path, n_shards: int, identity: dict[str, Any], dim: int, ignored: pd.DataFrame | None
+    f, n_shards: int, identity: dict[str, Any], dim: int, ignored: pd.DataFrame | None, *, check_header=None
 ) -> tuple[int, pd.DataFrame]:
-    """Write samples.parquet, meta.json and errors.csv from the completed shards; validate the result."""
-    parts = out / "parts"
+    """Write samples.parquet, meta.json and errors.csv from the completed shards; validate the result (a local
+    folder fully; elsewhere each shard's .npy header through ``check_header(f, name, rows, dim, dtype)``)."""
     samples, errors, shards = [], [], []
     for k in range(n_shards):
         name = _shard_name(k)
-        info = json.loads((parts / f"shard-{name}.json").read_text(encoding="utf-8"))
-        errors.append(pd.read_parquet(parts / f"errors-{name}.parquet"))
+        info = json.loads(f.read(f"parts/shard-{name}.json").decode("utf-8"))
+        errors.append(pd.read_parquet(io.BytesIO(f.read(f"parts/errors-{name}.parquet"))))
         if info["n_ok"]:
-            samples.append(pd.read_parquet(parts / f"samples-{name}.parquet"))
+            part = pd.read_parquet(io.BytesIO(f.read(f"parts/samples-{name}.parquet")))
+            if check_header is not None and not f.local:
+                check_header(f, f"features-{name}.npy", len(part), dim, identity["storage_dtype"])
+            samples.append(part)
             shards.append(f"features-{name}.npy")
     err = pd.concat(
         [e for e in errors if len(e)] or [pd.DataFrame(columns=["path", "stage", "reason"])], ignore_index=True
     )
     if ignored is not None and len(ignored):
         err = pd.concat([ignored.assign(stage="listing")[["path", "stage", "reason"]], err], ignore_index=True)
-    atomic_write(out / "errors.csv", lambda p: err.to_csv(p, index=False))
+    f.write("errors.csv", err.to_csv(index=False).encode("utf-8"))
     if not samples:
-        raise ExtractError(f"{out}: no image could be used ({len(err)} errors, see {out / 'errors.csv'})")
+        raise ExtractError(f"{f.uri}: no image could be used ({len(err)} errors, see {f.uri}/errors.csv)")
     table = pd.concat(samples, ignore_index=True)
-    atomic_write(out / "samples.parquet", lambda p: table.to_parquet(p, index=False))
+    f.write("samples.parquet", _parquet_bytes(table))
     meta = {
         **{k: identity[k] for k in ("backbone", "preprocessing", "perturbation", "augmentation", "precision", "root")},
         "dim": dim,
@@ -226,8 +271,9 @@ def _assemble(
         "count": len(table),
         "n_errors": len(err),
     }
-    _write_json(out / "meta.json", meta)
-    open_feature_set(out, check_finite=True)
+    f.write("meta.json", _json_bytes(meta))
+    if f.local:
+        open_feature_set(f.base, check_finite=True)
     return len(table), err
 
 
@@ -321,12 +367,12 @@ def extract(
         )
     out, root = Path(out), Path(root)
     identity = _job_identity(backbone, pert, augmentation, augment_seed, cfg, str(root))
-    plan = _prepare_plan(out, samples, identity)
-    (out / "parts").mkdir(exist_ok=True)
+    folder = _LocalFolder(out)
+    plan = _prepare_plan(folder, samples, identity)
     n = len(plan)
     n_shards = (n + cfg.shard_size - 1) // cfg.shard_size
     ranges = [(k, k * cfg.shard_size, min((k + 1) * cfg.shard_size, n)) for k in range(n_shards)]
-    todo = [(k, a, b) for k, a, b in ranges if not _shard_done(out, k, a, b)]
+    todo = [(k, a, b) for k, a, b in ranges if not _shard_done(folder, k, a, b)]
     batches = [list(range(i, min(i + cfg.batch_size, b))) for _, a, b in todo for i in range(a, b, cfg.batch_size)]
     n_todo = sum(b - a for _, a, b in todo)
     if n_todo < n:
@@ -374,11 +420,11 @@ def extract(
             bar.update(len(rows) + len(errors))
             a, b = shard_of[k]
             if acc["seen"] == b - a:
-                _write_shard(out, k, a, b, plan, acc["rows"], acc["feats"], acc["errors"])
+                _write_shard(folder, k, a, b, plan, acc["rows"], acc["feats"], acc["errors"])
                 del pending[k]
     bar.close()
     seconds = time.perf_counter() - t0
     if dim is None:  # nothing computed in this call: read the dim from a completed shard
         dim = backbone.dim
-    n_ok, err = _assemble(out, n_shards, identity, dim, ignored)
+    n_ok, err = _assemble(folder, n_shards, identity, dim, ignored)
     return ExtractResult(out=out, n_planned=n, n_ok=n_ok, errors=err, n_extracted_now=n_todo, seconds=seconds)

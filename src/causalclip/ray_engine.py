@@ -20,8 +20,8 @@ the driver is redone by the next run, from the markers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
-import json
 import logging
 import os
 import re
@@ -37,19 +37,18 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone, load_backbone, resolve_precision
 from .extract import (
-    IDENTITY_KEYS,
     ExtractConfig,
     ExtractError,
     ExtractResult,
     _assemble,
     _check_request,
     _job_identity,
+    _LocalFolder,
     _prepare_plan,
     _shard_done,
-    _shard_name,
     _write_shard,
 )
-from .features import FeatureSetError, open_feature_set
+from .features import FeatureSetError
 from .imageio import Augmentation, ImageDecodeError, Perturbation, Preprocessing, _normalise_lut, load_rgb
 
 __all__ = ["RayOptions", "actor_precision", "extract_ray"]
@@ -222,157 +221,6 @@ class _Folder:
         self.fs.create_dir(self.path(name) if name else self.base, recursive=True)
 
 
-# The same bytes as the local engine's writers (extract._write_json, DataFrame.to_parquet/to_csv, save_npy).
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def _parquet_bytes(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return buf.getvalue()
-
-
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
-# --------------------------------------------------- the job folder: local engine's code, or its port to a URI
-
-
-class _LocalJob:
-    """A local folder: the local engine's own functions, so both engines write byte-identical files."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-
-    def prepare(self, samples: pd.DataFrame, identity: dict[str, Any]) -> pd.DataFrame:
-        plan = _prepare_plan(self.out, samples, identity)
-        (self.out / "parts").mkdir(exist_ok=True)
-        return plan
-
-    def done(self, k: int, start: int, stop: int) -> bool:
-        return _shard_done(self.out, k, start, stop)
-
-    def write_shard(self, k, start, stop, plan, rows, feats, errors) -> None:
-        _write_shard(self.out, k, start, stop, plan, rows, feats, errors)
-
-    def assemble(self, n_shards, identity, dim, ignored) -> tuple[int, pd.DataFrame]:
-        return _assemble(self.out, n_shards, identity, dim, ignored)
-
-
-class _UriJob:
-    """The same steps as the local engine's _prepare_plan/_shard_done/_write_shard/_assemble, on a _Folder."""
-
-    def __init__(self, uri: str) -> None:
-        self.folder = _Folder(uri)
-        self.out = self.folder.uri
-
-    def prepare(self, samples: pd.DataFrame, identity: dict[str, Any]) -> pd.DataFrame:
-        f = self.folder
-        if f.exists("job.json"):
-            try:
-                old = json.loads(f.read("job.json").decode("utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ExtractError(f"{f.uri}/job.json: unreadable ({exc}); remove the folder to start over") from exc
-            for key in IDENTITY_KEYS:
-                if old.get(key) != identity.get(key):
-                    raise ExtractError(
-                        f"{f.uri}: already holds features made with a different {key} ({old.get(key)!r}, this run: "
-                        f"{identity.get(key)!r}); refusing to mix them. Use another --out."
-                    )
-        cols = list(samples.columns)
-        if f.exists("plan.parquet"):
-            plan = pd.read_parquet(io.BytesIO(f.read("plan.parquet")))
-            key = ["path", "generator", "label"]
-            merged = samples.merge(plan[key].drop_duplicates(), on=key, how="left", indicator=True)
-            new = samples[(merged["_merge"] == "left_only").to_numpy()]
-            if len(new):
-                log.info("%d new image(s) appended to the plan of %s", len(new), f.uri)
-                plan = pd.concat([plan, new[cols]], ignore_index=True)
-                f.write("plan.parquet", _parquet_bytes(plan))
-        else:
-            f.makedirs()
-            plan = samples[cols].reset_index(drop=True)
-            f.write("plan.parquet", _parquet_bytes(plan))
-        f.write("job.json", _json_bytes(identity))
-        f.makedirs("parts")
-        return plan
-
-    def done(self, k: int, start: int, stop: int) -> bool:
-        f, name = self.folder, _shard_name(k)
-        if not f.exists(f"parts/shard-{name}.json"):
-            return False
-        try:
-            info = json.loads(f.read(f"parts/shard-{name}.json").decode("utf-8"))
-        except (OSError, ValueError):
-            return False
-        if (info.get("start"), info.get("stop")) != (start, stop):
-            return False
-        return info["n_ok"] == 0 or f.exists(f"features-{name}.npy")
-
-    def write_shard(self, k, start, stop, plan, rows, feats, errors) -> None:
-        f, name = self.folder, _shard_name(k)
-        order = np.argsort(rows)
-        rows = np.asarray(rows, dtype=np.int64)[order]
-        samples = plan.iloc[rows].assign(plan_row=rows)
-        err = pd.DataFrame(
-            {"path": [plan["path"].iloc[r] for r, _ in errors], "stage": "decode", "reason": [e for _, e in errors]}
-        )
-        f.write(f"parts/samples-{name}.parquet", _parquet_bytes(samples))
-        f.write(f"parts/errors-{name}.parquet", _parquet_bytes(err))
-        if len(rows):
-            arr = np.concatenate(feats)[order]
-            bad = ~np.isfinite(arr).all(axis=1)
-            if bad.any():  # the local engine finds these when it validates the folder; here, before the upload
-                first = int(rows[np.argmax(bad)])
-                raise FeatureSetError(
-                    f"{f.uri}/features-{name}.npy: {int(bad.sum())} vector(s) contain NaN or inf, first at plan row "
-                    f"{first} ({plan['path'].iloc[first]})"
-                )
-            f.write(f"features-{name}.npy", _npy_bytes(arr))
-        info = {"start": start, "stop": stop, "n_ok": len(rows), "n_failed": len(errors)}
-        f.write(f"parts/shard-{name}.json", _json_bytes(info))
-
-    def assemble(self, n_shards, identity, dim, ignored) -> tuple[int, pd.DataFrame]:
-        f = self.folder
-        samples, errors, shards = [], [], []
-        for k in range(n_shards):
-            name = _shard_name(k)
-            info = json.loads(f.read(f"parts/shard-{name}.json").decode("utf-8"))
-            errors.append(pd.read_parquet(io.BytesIO(f.read(f"parts/errors-{name}.parquet"))))
-            if info["n_ok"]:
-                part = pd.read_parquet(io.BytesIO(f.read(f"parts/samples-{name}.parquet")))
-                _check_npy_header(f, f"features-{name}.npy", len(part), dim, identity["storage_dtype"])
-                samples.append(part)
-                shards.append(f"features-{name}.npy")
-        err = pd.concat(
-            [e for e in errors if len(e)] or [pd.DataFrame(columns=["path", "stage", "reason"])], ignore_index=True
-        )
-        if ignored is not None and len(ignored):
-            err = pd.concat([ignored.assign(stage="listing")[["path", "stage", "reason"]], err], ignore_index=True)
-        f.write("errors.csv", err.to_csv(index=False).encode("utf-8"))
-        if not samples:
-            raise ExtractError(f"{f.uri}: no image could be used ({len(err)} errors, see {f.uri}/errors.csv)")
-        table = pd.concat(samples, ignore_index=True)
-        f.write("samples.parquet", _parquet_bytes(table))
-        keys = ("backbone", "preprocessing", "perturbation", "augmentation", "precision", "root")
-        meta = {
-            **{k: identity[k] for k in keys},
-            "dim": dim,
-            "dtype": identity["storage_dtype"],
-            "shards": shards,
-            "count": len(table),
-            "n_errors": len(err),
-        }
-        f.write("meta.json", _json_bytes(meta))
-        if f.local:  # the full validation the local engine runs; elsewhere the headers were checked above
-            open_feature_set(f.base, check_finite=True)
-        return len(table), err
-
-
 def _check_npy_header(f: _Folder, name: str, rows: int, dim: int, dtype: str) -> None:
     """Shape and dtype of a shard from its .npy header (a few hundred bytes), without downloading it."""
     with f.fs.open_input_file(f.path(name)) as fh:
@@ -535,17 +383,17 @@ def extract_ray(
     root_s, out_s = os.fspath(root), os.fspath(out)
     root_id = root_s.rstrip("/") if _is_uri(root_s) else str(Path(root_s))
     identity = _job_identity(backbone, pert, augmentation, augment_seed, cfg, root_id)
-    job: _LocalJob | _UriJob = _UriJob(out_s) if _is_uri(out_s) else _LocalJob(Path(out_s))
-    plan = job.prepare(samples, identity)
+    folder = _Folder(out_s) if _is_uri(out_s) else _LocalFolder(Path(out_s))
+    plan = _prepare_plan(folder, samples, identity)
     n = len(plan)
     n_shards = (n + cfg.shard_size - 1) // cfg.shard_size
     ranges = [(k, k * cfg.shard_size, min((k + 1) * cfg.shard_size, n)) for k in range(n_shards)]
-    todo = [(k, a, b) for k, a, b in ranges if not job.done(k, a, b)]
+    todo = [(k, a, b) for k, a, b in ranges if not _shard_done(folder, k, a, b)]
     n_todo = sum(b - a for _, a, b in todo)
     if n_todo < n:
         log.info(
             "%s: %d of %d shards already complete; extracting the remaining %d images",
-            job.out,
+            folder.uri,
             n_shards - len(todo),
             n_shards,
             n_todo,
@@ -553,16 +401,17 @@ def extract_ray(
     t0 = time.perf_counter()
     if todo:
         _run(
-            job, plan, todo, root_id, backbone, identity, pert, augmentation, augment_seed, cfg, device, opts, progress
-        )
+            folder, plan, todo, root_id, backbone, identity, pert, augmentation, augment_seed, cfg, device, opts,
+            progress,
+        )  # fmt: skip
     seconds = time.perf_counter() - t0
-    n_ok, err = job.assemble(n_shards, identity, int(backbone.dim), ignored)
-    out_path = job.out if isinstance(job, _LocalJob) else job.folder.uri
+    n_ok, err = _assemble(folder, n_shards, identity, int(backbone.dim), ignored, check_header=_check_npy_header)
+    out_path = folder.base if isinstance(folder, _LocalFolder) else folder.uri
     return ExtractResult(out=out_path, n_planned=n, n_ok=n_ok, errors=err, n_extracted_now=n_todo, seconds=seconds)
 
 
 def _run(
-    job, plan, todo, root, backbone, identity, pert, augmentation, augment_seed, cfg, device, opts, progress
+    folder, plan, todo, root, backbone, identity, pert, augmentation, augment_seed, cfg, device, opts, progress
 ) -> None:
     ray = _init_ray(opts)
     from ray.data import ActorPoolStrategy, DataContext
@@ -615,20 +464,20 @@ def _run(
             "threads": int(opts.cpus_per_actor),
         },
     )
-    log.info("%s: %d images on %d %s actor(s) with Ray", job.out, len(rows), actors, "GPU" if gpus > 0 else "CPU")
+    log.info("%s: %d images on %d %s actor(s) with Ray", folder.uri, len(rows), actors, "GPU" if gpus > 0 else "CPU")
     try:
-        _collect(job, plan, todo, root, ds, cfg.shard_size, progress)
+        _collect(folder, plan, todo, root, ds, cfg.shard_size, progress)
     finally:
         ctx.enable_progress_bars = bars
 
 
-def _collect(job, plan, todo, root, ds, shard_size: int, progress: bool) -> None:
+def _collect(folder, plan, todo, root, ds, shard_size: int, progress: bool) -> None:
     """Gather the rows of each shard as they stream in; write a shard when each of its rows is in exactly once."""
     pending: dict[int, dict[str, Any]] = {k: {"ok": {}, "errors": {}, "start": a, "stop": b} for k, a, b in todo}
     paths = plan["path"].astype(str).to_numpy()
     n_todo = sum(b - a for _, a, b in todo)
-    bar = tqdm(total=n_todo, unit="img", desc=f"extract -> {Path(str(job.out)).name}", disable=not progress)
-    write: Callable[..., None] = job.write_shard
+    bar = tqdm(total=n_todo, unit="img", desc=f"extract -> {Path(folder.uri).name}", disable=not progress)
+    write: Callable[..., None] = functools.partial(_write_shard, folder)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             rows = np.asarray(batch["row"], dtype=np.int64)
@@ -657,7 +506,7 @@ def _collect(job, plan, todo, root, ds, shard_size: int, progress: bool) -> None
         if not type(exc).__module__.startswith("ray"):
             raise
         raise ExtractError(
-            f"{job.out}: the Ray job failed ({_failure(exc)}); {len(todo) - len(pending)} shard(s) were completed "
+            f"{folder.uri}: the Ray job failed ({_failure(exc)}); {len(todo) - len(pending)} shard(s) were completed "
             "and are kept: run the same command again to resume"
         ) from exc
     finally:
@@ -665,6 +514,6 @@ def _collect(job, plan, todo, root, ds, shard_size: int, progress: bool) -> None
     if pending:  # the stream ended without some rows: never write a shard with holes
         missing = sum(acc["stop"] - acc["start"] - len(acc["ok"]) - len(acc["errors"]) for acc in pending.values())
         raise ExtractError(
-            f"{job.out}: Ray returned no result for {missing} image(s) in {len(pending)} shard(s); completed shards "
+            f"{folder.uri}: Ray returned no result for {missing} image(s) in {len(pending)} shard(s); completed shards "
             "are kept: run the same command again to resume"
         )

@@ -44,7 +44,7 @@ import torch
 
 from ..features import atomic_write, open_feature_set, write_feature_set
 from ..report import ResultsTable
-from .build import PRESETS, Benchmark, BuildConfig, build_benchmark
+from .build import PRESETS, Benchmark, BuildConfig, _write_json, build_benchmark
 from .photos import SPLITS, DemoError
 
 __all__ = ["DEFAULT_TRAIN", "TINY_TRAIN", "DemoConfig", "DemoResult", "HEAD_LABELS", "run_demo"]
@@ -110,10 +110,6 @@ class DemoResult:
     detector: Path | None
     seconds: dict[str, float] = field(default_factory=dict)
     benchmark: Benchmark | None = None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"))
 
 
 def _check_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
