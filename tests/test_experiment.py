@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
 def _args(root, roots, out, *extra):
     return [
         "--preset", "sd14", "--genimage", str(roots["genimage"]), "--cnndetection", str(roots["cnndetection"]),
-        "--out", str(out), "--backbone", str(root / "clip"), "--precision", "fp32", "--workers", "0",
+        "--out", str(out), "--backbone", str(root / "clip"), "--precision", "fp32", "--workers", "0", "--processes", "1",
         "--val-fraction", "0.3", "--epochs", "2", "-q", *extra,
     ]  # fmt: skip
 

@@ -8,6 +8,7 @@ features made differently are never mixed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "bf16_supported",
     "load_backbone",
     "resolve_precision",
+    "uncompiled",
 ]
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -210,6 +212,18 @@ class _ClipFeature(nn.Module):
         # the CLS-only last layer when the structure is the usual one; otherwise the model's own forward
         self._pooled = clipfast.pooled_cls_fn(vision) if clipfast.supports(vision) else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the CLS-only function is a closure (not picklable): rebuilt by __setstate__ in the receiving process
+        state = self.__dict__.copy()
+        state["_pooled"] = state["_pooled"] is not None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        fast = state.pop("_pooled")
+        super().__setstate__({**state, "_pooled": None})
+        if fast:
+            self._pooled = clipfast.pooled_cls_fn(self.clip.vision_model)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if self._pooled is not None:
             pooled = self._pooled(pixels)
@@ -264,3 +278,15 @@ def load_backbone(
     if compile:
         bb.model = torch.compile(bb.model)
     return bb
+
+
+def uncompiled(backbone: Backbone) -> tuple[Backbone, bool]:
+    """``(backbone without torch.compile, whether it was compiled)``: a compiled model cannot be pickled, so this is
+    what is sent to other processes, which compile their own copy. The original backbone is left unchanged."""
+    model = backbone._modules.get("model")
+    orig = getattr(model, "_orig_mod", None)
+    if orig is None:
+        return backbone, False
+    plain = copy.copy(backbone)
+    plain._modules = {**backbone._modules, "model": orig}
+    return plain, True

@@ -89,6 +89,19 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+def processes_arg(text: str) -> int | str:
+    """``--processes``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return n
+
+
 def _parse_pairs(items: Sequence[str] | None) -> dict[str, tuple[str, str]] | None:
     if not items:
         return None
@@ -138,7 +151,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             args.backbone, device=args.device, precision=args.precision, compile=args.compile, **load_args
         )
     config = ExtractConfig(
-        batch_size=args.batch_size, shard_size=args.shard_size, workers=args.workers, storage_dtype=args.dtype
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        processes=args.processes,
+        storage_dtype=args.dtype,
     )
     res = extract(
         listing.samples,
@@ -241,7 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, default=0, help="seed of --max-per-class sampling and --augment")
     x.add_argument("--batch-size", type=int, default=8, help="8 on CPU; 256 on a GPU")
     x.add_argument("--shard-size", type=int, default=4096)
-    x.add_argument("--workers", type=int, default=1, help="decoding processes")
+    x.add_argument("--workers", type=int, default=1, help="decoding processes (with --processes 1)")
+    x.add_argument(
+        "--processes",
+        type=processes_arg,
+        default="auto",
+        metavar="N|auto",
+        help="CPU: backbone processes, each decoding its own batches, threads = cores / N (auto: one per core, "
+        "at most 4; 1 = one process, --workers decode); ignored on a GPU",
+    )
     x.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
     x.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     x.add_argument("--compile", action="store_true", help="torch.compile the backbone")

@@ -110,6 +110,7 @@ class ExtractOptions:
     batch_size: int = 8
     shard_size: int = 4096
     workers: int = 1
+    processes: int | Literal["auto"] = "auto"  # CPU backbone processes (ExtractConfig.processes)
     device: str = "cpu"
     compile: bool = False
 
@@ -253,7 +254,11 @@ class FeatureCache:
             backbone=self.backbone(),
             perturbation=pert,
             config=ExtractConfig(
-                batch_size=o.batch_size, shard_size=o.shard_size, workers=o.workers, storage_dtype=o.dtype
+                batch_size=o.batch_size,
+                shard_size=o.shard_size,
+                workers=o.workers,
+                processes=o.processes,
+                storage_dtype=o.dtype,
             ),
             ignored=listing.ignored,
             device=o.device,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backbones import DEFAULT_CLIP
+from ..cli import processes_arg
 from ..experiment import ExtractOptions
 from ..heads import ABLATIONS, HEADS
 from ..presets import DATASET_ROOTS, DEFAULT_VAL_FRACTION, PRESETS, resolve_preset
@@ -52,6 +53,12 @@ def _add_extract_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--shard-size", type=int, metavar="N")
     g.add_argument("--workers", type=int, metavar="W", help="image decoding processes (default 1; 0 = in-process)")
+    g.add_argument(
+        "--processes",
+        type=processes_arg,
+        metavar="N|auto",
+        help="CPU backbone processes (default auto: one per core, at most 4; see `causalclip extract --help`)",
+    )
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
     g.add_argument("--cache", metavar="DIR", help="feature cache folder (default OUT/features); share it between runs")
 
