@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 
 import numpy as np
 import pandas as pd
@@ -103,8 +104,9 @@ def test_two_processes_give_the_single_process_set(tiny_clip, tree, tmp_path):
 
 
 class _Flaky(Backbone):
-    """Crashes its process (os._exit) on the batch holding a black image while ``flag`` exists; else a fixed
-    linear map of the mean colour. Defined at module level so that worker processes can unpickle it."""
+    """Crashes its process (os._exit), or raises, on the batch holding a black image while ``flag`` exists
+    (mode "slow": sleeps 0.5 s on every batch instead); else a fixed linear map of the mean colour. Defined at
+    module level so that worker processes can unpickle it."""
 
     def __init__(self, flag: str, mode: str = "exit") -> None:
         super().__init__()
@@ -112,12 +114,17 @@ class _Flaky(Backbone):
         self.dim = 3
         self.preprocessing = Preprocessing(mode="crop", size=32)
         self.lin = torch.nn.Linear(3, 3)
+        with torch.no_grad():  # the same map in every process that builds one
+            self.lin.weight.copy_(torch.arange(9.0).view(3, 3) / 10 - 0.3)
+            self.lin.bias.fill_(0.1)
 
     def describe(self):
         return {"name": "flaky-test-backbone", "dim": 3}
 
     def forward(self, pixels):
-        if os.path.exists(self.flag) and (pixels.flatten(2).std(dim=2) < 1e-6).all(dim=1).any():
+        if self.mode == "slow" and os.path.exists(self.flag):
+            time.sleep(0.5)
+        elif os.path.exists(self.flag) and (pixels.flatten(2).std(dim=2) < 1e-6).all(dim=1).any():
             if self.mode == "exit":
                 os._exit(7)
             raise RuntimeError("forward failed on purpose")
@@ -141,7 +148,6 @@ def test_a_dead_worker_is_an_error_and_a_rerun_completes_the_set(flat_tree, tmp_
     root, samples = flat_tree
     flag = tmp_path / "crash"
     flag.touch()
-    torch.manual_seed(0)
     bb = _Flaky(str(flag))
     out = tmp_path / "out"
     with pytest.raises(ExtractError, match=r"died \(exit code 7\).*\n.*run the same command again"):
@@ -233,3 +239,76 @@ def test_compiled_workers_give_the_eager_set(tiny_clip, tree, tmp_path):
     res = _run(compiled, root, samples, tmp_path / "compiled", 2)
     assert res.n_ok == 30 and res.startup_seconds <= res.seconds
     _same_sets(tmp_path / "eager", tmp_path / "compiled")
+
+
+KILL_SCRIPT = """
+import sys, pandas as pd
+sys.path.insert(0, sys.argv[5])
+from test_cpu_pool import _Flaky
+from causalclip.extract import ExtractConfig, extract
+if __name__ == "__main__":
+    samples = pd.read_parquet(sys.argv[3])
+    extract(samples, root=sys.argv[1], out=sys.argv[2], backbone=_Flaky(sys.argv[4], mode="slow"),
+            config=ExtractConfig(batch_size=2, shard_size=4, processes=2), progress=False)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_killing_the_main_process_ends_the_workers_and_a_rerun_completes(tree, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root, samples = tree
+    big = pd.concat([samples] * 6, ignore_index=True)
+    big["generator"] = np.repeat([f"g{i}" for i in range(6)], len(samples))
+    big.to_parquet(tmp_path / "plan.parquet")
+    flag = tmp_path / "slow"
+    flag.touch()  # 0.5 s per batch: the 99 batches would keep two workers busy for ~25 s after the kill
+    out = tmp_path / "killed"
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = [sys.executable, "-c", KILL_SCRIPT, str(root), str(out), str(tmp_path / "plan.parquet"), str(flag), here]
+    proc = subprocess.Popen(script)
+    deadline, workers = time.time() + 120, []
+    while time.time() < deadline and proc.poll() is None:
+        done = list((out / "parts").glob("shard-*.json")) if (out / "parts").exists() else []
+        if len(done) >= 2:
+            workers = _children(proc.pid)
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = time.time()
+    assert not (out / "meta.json").exists(), "the job finished before it could be interrupted"
+    assert len(workers) >= 2  # the two workers (and the resource tracker)
+    while time.time() < killed_at + 8 and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "worker processes went on after the main process was killed"
+    flag.unlink()
+    bb = _Flaky(str(flag), mode="slow")
+    cfg = ExtractConfig(batch_size=2, shard_size=4, processes=2)
+    res = extract(big, root=root, out=out, backbone=bb, config=cfg, progress=False)
+    assert 0 < res.n_extracted_now < len(big)
+    extract(big, root=root, out=tmp_path / "clean", backbone=bb, config=ExtractConfig(workers=0), progress=False)
+    _same_sets(out, tmp_path / "clean")

@@ -79,6 +79,7 @@ def _serve(
     results: Any,
 ) -> None:
     """One worker process: take (rows, paths) batches until the None sentinel; answer (rows, features, errors)."""
+    parent = os.getppid()
     try:
         torch.set_num_threads(threads)
         backbone = pickle.loads(payload.recv_bytes())  # pickled by the parent process from its own backbone
@@ -92,7 +93,16 @@ def _serve(
                 size = backbone.preprocessing.size
                 backbone(torch.zeros(batch_size, 3, size, size))
             results.put(("ready", index))
-            while (task := tasks.get()) is not None:
+            while True:
+                if os.getppid() != parent:  # the main process was killed: nobody will read our results
+                    results.cancel_join_thread()
+                    return
+                try:
+                    task = tasks.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if task is None:
+                    break
                 rows, paths = task
                 ok_rows, pixels, errors = collate([decode(r, p) for r, p in zip(rows, paths, strict=True)])
                 feats = forward_fixed(backbone, pixels, fixed).numpy().astype(storage) if ok_rows else None
