@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 
 import numpy as np
@@ -312,3 +313,208 @@ def test_killing_the_main_process_ends_the_workers_and_a_rerun_completes(tree, t
     assert 0 < res.n_extracted_now < len(big)
     extract(big, root=root, out=tmp_path / "clean", backbone=bb, config=ExtractConfig(workers=0), progress=False)
     _same_sets(out, tmp_path / "clean")
+
+
+class _DiesMidAnswer(Backbone):
+    """Large features (a 3.2 MB answer per batch of two); on its second batch the process exits 0.3 s after the
+    forward pass, while it is still sending that answer to a main process that is not reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dim, self.calls = 400_000, 0
+        self.preprocessing = Preprocessing(mode="crop", size=32)
+
+    def describe(self):
+        return {"name": "dies-mid-answer", "dim": self.dim}
+
+    def forward(self, pixels):
+        self.calls += 1
+        if self.calls == 2:
+            threading.Thread(target=lambda: (time.sleep(0.3), os._exit(7)), daemon=True).start()
+        return pixels.mean(dim=(1, 2, 3))[:, None].repeat(1, self.dim)
+
+
+class _ConstantImages:
+    """decode(row, path) for cpu_pool_batches without image files: a constant image per row, each decode logged
+    to ``log``; unpickling it (in a worker, while that starts) writes the worker's pid to ``log``.pid and takes
+    ``delay`` seconds."""
+
+    def __init__(self, log: str, delay: float = 0.0) -> None:
+        self.log, self.delay = log, delay
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with open(self.log + ".pid", "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(self.delay)
+
+    def __call__(self, row, path):
+        with open(self.log, "a") as f:
+            f.write(f"{row}\n")
+        return row, torch.full((3, 32, 32), float(row)), None
+
+
+def test_a_worker_dying_while_it_sends_an_answer_is_an_error_not_a_hang(tmp_path):
+    """A shared result queue left a half-sent message that blocked the main process forever."""
+    from causalclip.cpu_pool import PoolError, cpu_pool_batches
+    from causalclip.extract import _collate
+
+    tasks = [([2 * i, 2 * i + 1], ["a", "b"]) for i in range(6)]
+    outcome = []
+
+    def consume():
+        try:
+            for rows, _feats, _ in cpu_pool_batches(
+                _DiesMidAnswer(), tasks, processes=1, decode=_ConstantImages(str(tmp_path / "log")),
+                collate=_collate, storage="float32", batch_size=2,
+            ):  # fmt: skip
+                outcome.append(rows)
+                time.sleep(1.5)  # a slow consumer (writing a shard): the worker's next answer fills the pipe
+        except PoolError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "the main process hangs on the half-sent answer of a dead worker"
+    assert outcome[0] == [0, 1] and isinstance(outcome[-1], PoolError)
+    assert "died (exit code 7)" in str(outcome[-1])
+
+
+class _OneSlowStarter(_ConstantImages):
+    """As _ConstantImages; the second worker to unpickle it takes 40 s to start (a late torch.compile)."""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        try:
+            os.close(os.open(self.log + ".first", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            time.sleep(40)
+
+
+def test_the_pool_ends_without_waiting_for_a_worker_that_is_still_starting(tmp_path):
+    """Every batch computed by the workers that were ready: one still starting (compiling) is not waited for."""
+    from causalclip.cpu_pool import cpu_pool_batches
+    from causalclip.extract import _collate
+
+    got = []
+    pool = cpu_pool_batches(
+        _Flaky(str(tmp_path / "no-flag")), [([0], ["a"]), ([1], ["b"])], processes=2,
+        decode=_OneSlowStarter(str(tmp_path / "log")), collate=_collate, storage="float32", batch_size=1,
+    )  # fmt: skip
+    for rows, _, _ in pool:
+        got += rows
+        last = time.monotonic()
+    assert sorted(got) == [0, 1]
+    assert time.monotonic() - last < 15  # it used to wait up to 30 s for the slow worker
+
+
+PARENT_DIES_SCRIPT = """
+import os, signal, sys, threading, time
+import torch
+from causalclip.backbones import Backbone
+from causalclip.cpu_pool import cpu_pool_batches
+from causalclip.extract import _collate
+
+
+class Mean(Backbone):
+    dim = 3
+
+    def forward(self, pixels):
+        return pixels.mean(dim=(2, 3))
+
+
+class SlowToStart:  # unpickled by the worker while it starts: records its pid, then takes 2 s
+    def __init__(self, log):
+        self.log = log
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        open(self.log + ".pid", "w").write(str(os.getpid()))
+        time.sleep(2.0)
+
+    def __call__(self, row, path):
+        open(self.log, "a").write(f"{row}\\n")
+        return row, torch.zeros(3, 8, 8), None
+
+
+class Tasks(list):  # the pool iterates the tasks once the worker is started: die 0.3 s after that
+    def __iter__(self):
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return super().__iter__()
+
+
+if __name__ == "__main__":
+    tasks = Tasks([([2 * i, 2 * i + 1], ["a", "b"]) for i in range(20)])
+    for _ in cpu_pool_batches(Mean(), tasks, processes=1, decode=SlowToStart(sys.argv[1]), collate=_collate,
+                              storage="float32", batch_size=2):
+        pass
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_a_worker_still_starting_when_the_main_process_is_killed_computes_nothing(tmp_path):
+    """The worker learns that the main process died even if that happened before the worker began (it used to
+    take the new parent, init, for the main process and compute the whole queue)."""
+    import subprocess
+    import sys
+
+    log, script = tmp_path / "decoded", tmp_path / "parent_dies.py"
+    script.write_text(PARENT_DIES_SCRIPT)  # a file: the worker imports its classes from it
+    proc = subprocess.Popen([sys.executable, str(script), str(log)])
+    assert proc.wait(timeout=60) == -9  # killed by its own timer, 0.3 s after it started the worker
+    pidfile, deadline = tmp_path / "decoded.pid", time.time() + 60
+    while time.time() < deadline and not (pidfile.exists() and pidfile.read_text()):
+        time.sleep(0.1)
+    worker = int(pidfile.read_text())
+    while time.time() < deadline and _alive(worker):
+        time.sleep(0.1)
+    assert not _alive(worker), "the worker outlived the main process"
+    assert not log.exists(), "the orphaned worker computed batches for nobody"
+
+
+def _spawned_children() -> list[int]:
+    out = []
+    for pid in _children(os.getpid()):
+        try:
+            if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read():
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_an_error_in_the_main_process_stops_the_workers(flat_tree, tmp_path, monkeypatch):
+    """A shard that cannot be written (disk full, ...) ends the job at once, workers included."""
+    import causalclip.extract as ex
+
+    root, samples = flat_tree
+    flag = tmp_path / "slow"
+    flag.touch()  # 0.5 s per batch: the workers would otherwise go on for several seconds
+    real, calls = ex._write_shard, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "_write_shard", failing)
+    with pytest.raises(OSError, match="No space left") as info:
+        _run(_Flaky(str(flag), mode="slow"), root, samples, tmp_path / "out", 2)
+    # the traceback is kept alive (as a notebook or a debugger keeps it): the workers must have stopped anyway
+    assert info.tb is not None
+    assert not any(_alive(p) for p in _spawned_children()), "worker processes still run"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import causalclip.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_inspect", interrupted)
+    assert cli.main(["inspect", "somewhere"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "run the same command again" in err and "Traceback" not in err

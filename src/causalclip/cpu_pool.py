@@ -22,8 +22,10 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import wait
 from typing import Any
 
 import numpy as np
@@ -78,8 +80,9 @@ def _serve(
     tasks: Any,
     results: Any,
 ) -> None:
-    """One worker process: take (rows, paths) batches until the None sentinel; answer (rows, features, errors)."""
-    parent = os.getppid()
+    """One worker process: take (rows, paths) batches until the None sentinel; answer (rows, features, errors)
+    on its own pipe ``results``, which only the main process reads."""
+    parent = mp.parent_process()  # its sentinel ends when the main process does, even before this one started
     try:
         torch.set_num_threads(threads)
         backbone = pickle.loads(payload.recv_bytes())  # pickled by the parent process from its own backbone
@@ -92,10 +95,9 @@ def _serve(
                 fixed = batch_size
                 size = backbone.preprocessing.size
                 backbone(torch.zeros(batch_size, 3, size, size))
-            results.put(("ready", index))
+            results.send(("ready", index))
             while True:
-                if os.getppid() != parent:  # the main process was killed: nobody will read our results
-                    results.cancel_join_thread()
+                if parent is not None and not parent.is_alive():  # main process killed: nobody reads our results
                     return
                 try:
                     task = tasks.get(timeout=1.0)
@@ -106,9 +108,28 @@ def _serve(
                 rows, paths = task
                 ok_rows, pixels, errors = collate([decode(r, p) for r, p in zip(rows, paths, strict=True)])
                 feats = forward_fixed(backbone, pixels, fixed).numpy().astype(storage) if ok_rows else None
-                results.put(("batch", ok_rows, feats, errors))
+                results.send(("batch", ok_rows, feats, errors))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-        results.put(("error", index, traceback.format_exc()))
+        try:
+            results.send(("error", index, traceback.format_exc()))
+        except OSError:  # the main process is gone
+            pass
+
+
+def _check_exit(proc: Any, remaining: int, starting: bool) -> None:
+    """Raise :class:`PoolError` if ``proc`` (which has ended or is ending) did not exit normally."""
+    proc.join(timeout=5)
+    if proc.exitcode != 0:
+        hint = (
+            " while starting (its error is printed above; a script that extracts with processes > 1 must guard its "
+            'entry point with `if __name__ == "__main__":`)'
+            if starting
+            else ""
+        )
+        raise PoolError(
+            f"extraction process {proc.name} died (exit code {proc.exitcode}){hint} with {remaining} batch(es) "
+            "unfinished"
+        )
 
 
 def cpu_pool_batches(
@@ -135,23 +156,29 @@ def cpu_pool_batches(
     plain, compiled = uncompiled(backbone)
     payload = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
     ctx = mp.get_context("spawn")
-    task_q, result_q = ctx.Queue(), ctx.Queue()
+    task_q = ctx.Queue()
     pipes = [ctx.Pipe(duplex=False) for _ in range(processes)]  # the backbone goes through these, not the args,
-    procs = [  # so that this process does not keep a copy of it for as long as the workers live
+    # so that this process does not keep a copy of it for as long as the workers live. Results come back on one
+    # pipe per worker, not a shared queue: a worker that dies in the middle of sending one (OOM killer, segfault)
+    # then ends its own pipe, which reads as an error here, instead of leaving a half message that blocks the
+    # reader of a shared queue forever.
+    answers = [ctx.Pipe(duplex=False) for _ in range(processes)]
+    procs = [
         ctx.Process(
             target=_serve,
-            args=(i, pipes[i][0], compiled, threads, batch_size, decode, collate, storage, task_q, result_q),
+            args=(i, pipes[i][0], compiled, threads, batch_size, decode, collate, storage, task_q, answers[i][1]),
             name=f"causalclip-extract-{i}",
             daemon=True,
         )
         for i in range(processes)
     ]
     log.info("extracting in %d processes x %d thread(s)%s", processes, threads, " (compiling)" if compiled else "")
-    remaining, waiting = len(tasks), processes
+    remaining, started = len(tasks), set()
     try:
-        for p, (receive, _) in zip(procs, pipes, strict=True):
+        for p, (receive, _), (_, answer) in zip(procs, pipes, answers, strict=True):
             p.start()
             receive.close()  # only the worker holds the reading end: if it dies, sending fails instead of hanging
+            answer.close()  # ... and the writing end of its answers: if it dies, reading them ends
         for _, send in pipes:
             try:
                 send.send_bytes(payload)
@@ -163,33 +190,43 @@ def cpu_pool_batches(
             task_q.put(t)
         for _ in procs:
             task_q.put(None)
+        live = {answers[i][0]: i for i in range(processes)}  # answers not ended yet
+        watch = {p.sentinel: i for i, p in enumerate(procs)}  # processes not seen to exit yet
         while remaining:
-            try:
-                msg = result_q.get(timeout=1.0)
-            except queue.Empty:
-                dead = [(p.name, p.exitcode) for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    name, code = dead[0]
-                    raise PoolError(
-                        f"extraction process {name} died (exit code {code}) with {remaining} batch(es) unfinished"
-                    ) from None
-                continue
-            if msg[0] == "error":
-                raise PoolError(f"extraction process {msg[1]} failed:\n{msg[2].rstrip()}")
-            if msg[0] == "ready":
-                waiting -= 1
-                if waiting == 0 and on_ready is not None:
-                    on_ready()
-                continue
-            remaining -= 1
-            yield msg[1], msg[2], msg[3]
+            if not live:
+                raise PoolError(f"every extraction process ended with {remaining} batch(es) unfinished")
+            for ready in wait([*live, *watch]):
+                if ready in watch:  # a process exited: an error unless it ended normally (its answers then end)
+                    i = watch.pop(ready)
+                    _check_exit(procs[i], remaining, i not in started)
+                    continue
+                i = live[ready]
+                try:
+                    msg = ready.recv()
+                except (EOFError, OSError):  # the worker ended (its last answer may be cut short)
+                    del live[ready]
+                    _check_exit(procs[i], remaining, i not in started)
+                    continue
+                if msg[0] == "error":
+                    raise PoolError(f"extraction process {msg[1]} failed:\n{msg[2].rstrip()}")
+                if msg[0] == "ready":
+                    started.add(i)
+                    if len(started) == processes and on_ready is not None:
+                        on_ready()
+                    continue
+                remaining -= 1
+                yield msg[1], msg[2], msg[3]
     finally:
+        # Every result is in (or the job failed): workers that took the end marker are exiting; one still starting
+        # (or compiling) has nothing left to do, so it is not waited for.
+        deadline = time.monotonic() + (2 if not remaining else 0)
         for p in procs:
             if p.is_alive():
-                p.join(timeout=0 if remaining else 30)
+                p.join(timeout=max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=10)
         task_q.cancel_join_thread()
         task_q.close()
-        result_q.close()
+        for conn, _ in answers:
+            conn.close()

@@ -97,7 +97,8 @@ class ExtractResult:
 
     @property
     def steady_images_per_s(self) -> float:
-        """Once every worker process was ready (the same as ``images_per_s`` with one process)."""
+        """Once every worker process was ready (the same as ``images_per_s`` with one process; NaN when the job
+        ended before every worker was ready, e.g. a small job where one worker did all the batches)."""
         n = self.n_extracted_now if self.n_after_startup is None else self.n_after_startup
         dt = self.seconds - self.startup_seconds
         return n / dt if dt > 0 else float("nan")
@@ -485,6 +486,8 @@ def extract(
                 del pending[k]
     except PoolError as exc:
         raise ExtractError(f"{out}: {exc}\nCompleted shards are kept: run the same command again to resume.") from exc
+    finally:  # on any error here (a shard that cannot be written, Ctrl-C): stop the worker processes now
+        source.close()
     bar.close()
     seconds = time.perf_counter() - t0
     if dim is None:  # nothing computed in this call: read the dim from a completed shard
@@ -497,6 +500,7 @@ def extract(
         errors=err,
         n_extracted_now=n_todo,
         seconds=seconds,
-        startup_seconds=ready["t"] - t0 if ready else 0.0,
-        n_after_startup=n_todo - ready["n"] if ready else None,
+        # several processes, but the job ended before every one was ready: no steady-state figure (NaN)
+        startup_seconds=ready["t"] - t0 if ready else (seconds if processes > 1 and batches else 0.0),
+        n_after_startup=n_todo - ready["n"] if ready else (0 if processes > 1 and batches else None),
     )
