@@ -16,6 +16,17 @@ import torch
 from causalclip import write_feature_set
 from causalclip.synthetic import SCMSpec, write_scm_benchmark
 
+# A CLIP vision tower small enough for tests, saved and loaded the way users load real CLIP checkpoints.
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 224,
+    "patch_size": 32,
+    "projection_dim": 16,
+}
+
 SMALL_SPEC = SCMSpec(dim=48, n_causal=8, n_specific=8, n_generators=3, nuisance_rank=4)
 
 
@@ -46,3 +57,14 @@ def tiny_set(tmp_path):
     df = make_samples(64)
     x = rng.normal(size=(64, 16)).astype(np.float32) + df["label"].to_numpy()[:, None] * 0.5
     return write_feature_set(tmp_path / "tiny", x, df, meta={"backbone": {"name": "test"}})
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A folder holding a saved tiny CLIPVisionModelWithProjection (seed 0); needs transformers."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    model = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**TINY_VISION))
+    model.save_pretrained(folder)
+    return folder

@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 pytest.importorskip("transformers")
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
 
 from causalclip import open_feature_set  # noqa: E402
 from causalclip.backbones import Backbone, load_backbone, uncompiled  # noqa: E402
@@ -23,24 +22,6 @@ from causalclip.cli import main  # noqa: E402
 from causalclip.cpu_pool import default_processes  # noqa: E402
 from causalclip.extract import ExtractConfig, ExtractError, extract  # noqa: E402
 from causalclip.imageio import Preprocessing  # noqa: E402
-
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "image_size": 224,
-    "patch_size": 32,
-    "projection_dim": 16,
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION)).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

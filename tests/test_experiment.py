@@ -20,17 +20,8 @@ import causalclip.experiment as experiment  # noqa: E402
 from causalclip import open_feature_set  # noqa: E402
 from causalclip.cli import main  # noqa: E402
 from causalclip.paper_tables import GP_TEST_SETS, TEST_SETS, column_order, paper_table  # noqa: E402
+from conftest import TINY_VISION  # noqa: E402
 from test_presets import build_fake_tree  # noqa: E402  (tests/ is on sys.path under pytest)
-
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "image_size": 224,
-    "patch_size": 32,
-    "projection_dim": 16,
-}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +32,7 @@ def setup(tmp_path_factory):
     (roots["genimage"] / "ADM" / "imagenet_ai_0508_adm" / "val" / "ai" / "broken.png").write_bytes(b"not a png")
     (roots["genimage"] / "stable_diffusion_v_1_4" / "imagenet_ai_0419_sdv4" / "train" / "notes.txt").write_text("x")
     torch.manual_seed(0)
-    CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION)).save_pretrained(root / "clip")
+    CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VISION)).save_pretrained(root / "clip")
     return root, roots
 
 

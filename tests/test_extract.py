@@ -15,31 +15,14 @@ import torch
 from PIL import Image
 
 pytest.importorskip("transformers")
-from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection  # noqa: E402
 
 from causalclip import open_feature_set  # noqa: E402
 from causalclip.backbones import BackboneError, load_backbone  # noqa: E402
 from causalclip.cli import main  # noqa: E402
 from causalclip.extract import ExtractConfig, ExtractError, extract  # noqa: E402
 from causalclip.imageio import Perturbation, Preprocessing, load_rgb  # noqa: E402
-
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "image_size": 224,
-    "patch_size": 32,
-    "projection_dim": 16,
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION)).save_pretrained(folder)
-    return folder
+from conftest import TINY_VISION  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +81,7 @@ def test_clip_preprocessing_pooled_feature_and_full_clip_checkpoint(image_tree, 
     torch.manual_seed(1)
     full = CLIPModel(
         CLIPConfig(
-            vision_config=VISION,
+            vision_config=TINY_VISION,
             text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
             projection_dim=16,
         )

@@ -23,7 +23,6 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("transformers")
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
 
 from causalclip import open_feature_set  # noqa: E402
 from causalclip.backbones import Backbone, load_backbone  # noqa: E402
@@ -36,15 +35,6 @@ from causalclip.ray_engine import RayOptions, _decode, _Embedder  # noqa: E402
 # Backbone wrappers below are defined in this module, which Ray workers cannot import: send them by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-VISION = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "image_size": 224,
-    "patch_size": 32,
-    "projection_dim": 16,
-}
 CFG = ExtractConfig(batch_size=5, shard_size=7, storage_dtype="float32", workers=0)
 N_SHARDS = 4  # 24 images + 2 broken files = 26 plan rows in shards of 7
 
@@ -54,14 +44,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION)).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
