@@ -1,7 +1,7 @@
 """Paired comparison on this machine: one process with all the cores' threads vs one single-thread process per
 core, running the bare ViT-L/14 bf16 forward pass (random weights, batch 8), in alternating time slots.
 
-This VM's speed changes from minute to minute (docs/benchmarks.md), so comparing two separate runs says little.
+This VM's speed changes from minute to minute (docs/reports/extraction-speed.md), so comparing two separate runs says little.
 Here every configuration is started, warmed up (and compiled) once, then the two take turns: slot 0 the
 one-process configuration runs while the others sleep, slot 1 the per-core processes run, and so on. Each pair of
 adjacent slots gives one ratio under nearly the same machine conditions.

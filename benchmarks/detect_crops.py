@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from causalclip.detect import DetectionEngine
+    from causalclip.detect.engine import DetectionEngine
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="detect-crops-") as tmp:

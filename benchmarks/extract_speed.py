@@ -128,7 +128,7 @@ def naive_fp32(model_dir: Path, root: Path, paths: list[str]) -> float:
     """images/s of the plain loop: fp32, batch 1, decode and compute in turn."""
     from transformers import CLIPVisionModelWithProjection
 
-    from causalclip.imageio import Preprocessing
+    from causalclip.images.transforms import Preprocessing
 
     model = CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()
     prep = Preprocessing()
@@ -158,13 +158,14 @@ def run_extract(
     seconds). One process: start-up (loading, and compiling on a first batch) happens before the timed extract
     and is timed here; several: the worker processes load and compile inside extract (its startup_seconds)."""
     from causalclip import open_feature_set
-    from causalclip.backbones import load_backbone
-    from causalclip.extract import ExtractConfig, extract
+    from causalclip.backbones.registry import load_backbone
+    from causalclip.features.extract import extract
+    from causalclip.features.job import ExtractConfig
 
     t0 = time.perf_counter()
     bb = load_backbone(str(model_dir), precision=precision, compile=compile and processes == 1)
     if compile and processes == 1:  # compile outside the timed run (the first call traces the graph)
-        from causalclip.imageio import Preprocessing
+        from causalclip.images.transforms import Preprocessing
 
         x = torch.from_numpy(Preprocessing()(np.zeros((224, 224, 3), np.uint8)))[None].repeat(batch, 1, 1, 1)
         with torch.inference_mode():
@@ -196,8 +197,8 @@ def run_extract(
 
 def full_forward_speed(model_dir: Path, *, batch: int, steps: int) -> float:
     """images/s of transformers' own forward (every token through the last layer), bf16, eager: the reference for
-    the CLS-only last layer that causalclip's backbone uses (causalclip.clipfast)."""
-    from causalclip.backbones import load_backbone
+    the CLS-only last layer that causalclip's backbone uses (causalclip.backbones.clipfast)."""
+    from causalclip.backbones.registry import load_backbone
 
     clip = load_backbone(str(model_dir), precision="bf16").model.clip
     x = torch.randn(batch, 3, 224, 224, dtype=torch.bfloat16)
@@ -211,8 +212,9 @@ def full_forward_speed(model_dir: Path, *, batch: int, steps: int) -> float:
 
 MEM_SCRIPT = """
 import sys, pandas as pd
-from causalclip.backbones import load_backbone
-from causalclip.extract import ExtractConfig, extract
+from causalclip.backbones.registry import load_backbone
+from causalclip.features.extract import extract
+from causalclip.features.job import ExtractConfig
 s = pd.read_parquet(sys.argv[3])
 extract(s, root=sys.argv[1], out=sys.argv[2], backbone=load_backbone(sys.argv[4], precision="fp32"),
         config=ExtractConfig(batch_size=32, shard_size=256, workers=1), progress=False)
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         args.images, args.naive_images, args.no_compile = 32, 4, True
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from causalclip.cpu_pool import default_processes
+    from causalclip.features.cpu_pool import default_processes
 
     procs = args.processes or default_processes("cpu")
     print(f"machine: {machine()}")

@@ -4,13 +4,13 @@
     python benchmarks/scm_benchmark.py --out runs/scm --quick    # smoke run, ~1-2 min
     python benchmarks/scm_benchmark.py --out runs/scm --search   # + validation-based search for CausalCLIP
 
-Writes the SCM feature sets with ``causalclip.synthetic.write_scm_benchmark``, trains every head with
+Writes the SCM feature sets with ``causalclip.features.synthetic.write_scm_benchmark``, trains every head with
 ``causalclip.train`` on generator 0 (early stopping on generator 0's validation split), evaluates it with
 ``causalclip.evaluate`` on every generator, and reports in-distribution (gen0) and out-of-distribution (mean over
 the other generators) AP/ACC; for CausalCLIP heads also how well the mask recovers the known causal dimensions
 and the run's final diagnostics. The search selects CausalCLIP hyperparameters on validation data only (the
 training generator's, or additionally a held-out generator's); test numbers of the selected configurations are
-reported next to, never used for, the selection. docs/scm_benchmark.md describes the design and the results.
+reported next to, never used for, the selection. docs/reports/scm-benchmark.md describes the design and the results.
 """
 
 from __future__ import annotations
@@ -33,18 +33,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from causalclip import (
-    ABLATIONS,
-    CausalCLIPConfig,
-    evaluate,
-    load_head,
-    open_feature_set,
-    resolve_run_config,
-    train,
-    write_feature_set,
-)
-from causalclip.synthetic import SCMSpec, write_scm_benchmark
-from causalclip.train import code_revision
+from causalclip import evaluate, load_head, open_feature_set, resolve_run_config, train, write_feature_set
+from causalclip.core.revision import code_revision
+from causalclip.features.synthetic import SCMSpec, write_scm_benchmark
+from causalclip.heads.causalclip import ABLATIONS, CausalCLIPConfig
 
 log = logging.getLogger("scm_benchmark")
 

@@ -63,8 +63,8 @@ def build_detector(folder: Path, backbone: str) -> Path:
     import pandas as pd
 
     from causalclip import resolve_run_config, train, write_feature_set
-    from causalclip.backbones import load_backbone
-    from causalclip.detector import export_detector_from_feature_set
+    from causalclip.backbones.registry import load_backbone
+    from causalclip.detector.folder import export_detector_from_feature_set
 
     if backbone == "tiny":
         import torch
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         detector = Path(args.detector) if args.detector else build_detector(Path(tmp), args.backbone)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "causalclip.cli", "serve", str(detector), "--host", "127.0.0.1"]
+        cmd = [sys.executable, "-m", "causalclip", "serve", str(detector), "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--log-level", "warning", *args.serve_args.split()]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         t_start = time.perf_counter()

@@ -32,8 +32,8 @@ def save_tiny_clip(folder: Path, *, seed: int = 0, **vision) -> Path:
 def make_tiny_detector(root: Path, *, seed: int = 0, threshold: float | None = None) -> Path:
     """root/clip (the backbone), root/feats, root/run and root/detector; returns the detector folder."""
     from causalclip import resolve_run_config, train, write_feature_set
-    from causalclip.backbones import load_backbone
-    from causalclip.detector import export_detector_from_feature_set
+    from causalclip.backbones.registry import load_backbone
+    from causalclip.detector.folder import export_detector_from_feature_set
 
     clip = save_tiny_clip(root / "clip", seed=seed)
     bb = load_backbone(str(clip), precision="fp32")

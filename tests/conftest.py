@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from causalclip import write_feature_set
-from causalclip.synthetic import SCMSpec, write_scm_benchmark
+from causalclip.features.synthetic import SCMSpec, write_scm_benchmark
 
 # A CLIP vision tower small enough for tests, saved and loaded the way users load real CLIP checkpoints.
 TINY_VISION = {

@@ -25,8 +25,8 @@ if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from _detector_factory import make_tiny_detector, write_image  # noqa: E402
-from causalclip.detect import DetectionEngine  # noqa: E402
-from causalclip.serve import create_app  # noqa: E402
+from causalclip.detect.engine import DetectionEngine  # noqa: E402
+from causalclip.serve.app import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")

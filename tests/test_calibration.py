@@ -12,7 +12,10 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from causalclip import evaluate, load_head, open_feature_set, predict, resolve_run_config, train, write_feature_set
-from causalclip.calibration import (
+from causalclip.cli.main import main
+from causalclip.metrics.binary import per_generator_metrics
+from causalclip.metrics.errors import MetricsError
+from causalclip.metrics.thresholds import (
     CalibrationError,
     accuracy_at,
     balanced_accuracy_threshold,
@@ -23,8 +26,6 @@ from causalclip.calibration import (
     read_threshold,
     write_threshold,
 )
-from causalclip.cli import main
-from causalclip.metrics import MetricsError, per_generator_metrics
 
 
 def _rates(labels, scores, t):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from causalclip import write_feature_set
-from causalclip.cli import main
+from causalclip.cli.main import main
 
 
 def test_train_then_evaluate(scm_sets, tmp_path, capsys):

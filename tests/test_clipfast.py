@@ -1,11 +1,11 @@
-"""The CLS-only last layer (causalclip.clipfast) gives exactly what the model's own forward gives."""
+"""The CLS-only last layer (causalclip.backbones.clipfast) gives exactly what the model's own forward gives."""
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from causalclip import clipfast  # noqa: E402
+from causalclip.backbones import clipfast  # noqa: E402
 
 
 def _model(layers: int, attn: str = "eager"):

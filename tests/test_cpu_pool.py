@@ -17,11 +17,13 @@ from PIL import Image
 pytest.importorskip("transformers")
 
 from causalclip import open_feature_set  # noqa: E402
-from causalclip.backbones import Backbone, load_backbone, uncompiled  # noqa: E402
-from causalclip.cli import main  # noqa: E402
-from causalclip.cpu_pool import default_processes  # noqa: E402
-from causalclip.extract import ExtractConfig, ExtractError, extract  # noqa: E402
-from causalclip.imageio import Preprocessing  # noqa: E402
+from causalclip.backbones.base import Backbone, uncompiled  # noqa: E402
+from causalclip.backbones.registry import load_backbone  # noqa: E402
+from causalclip.cli.main import main  # noqa: E402
+from causalclip.features.cpu_pool import default_processes  # noqa: E402
+from causalclip.features.extract import extract  # noqa: E402
+from causalclip.features.job import ExtractConfig, ExtractError  # noqa: E402
+from causalclip.images.transforms import Preprocessing  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_two_processes_give_the_single_process_set(tiny_clip, tree, tmp_path):
     # the features are the model's, not an artefact of the pool: compare with a direct forward of one image
     fs = open_feature_set(tmp_path / "two")
     path = fs.paths[4]
-    from causalclip.imageio import load_rgb
+    from causalclip.images.decode import load_rgb
 
     with torch.inference_mode():
         ref = bb(torch.from_numpy(bb.preprocessing(load_rgb(root / path)))[None]).numpy()[0]
@@ -200,7 +202,7 @@ def test_cli_extract_with_two_processes(tiny_clip, tree, tmp_path, capsys):
 
 
 def test_padding_to_a_fixed_batch_does_not_change_the_features(tiny_clip):
-    from causalclip.cpu_pool import forward_fixed
+    from causalclip.features.cpu_pool import forward_fixed
 
     bb = load_backbone(str(tiny_clip), precision="fp32")
     x = torch.randn(3, 3, 224, 224)
@@ -227,7 +229,8 @@ KILL_SCRIPT = """
 import sys, pandas as pd
 sys.path.insert(0, sys.argv[5])
 from test_cpu_pool import _Flaky
-from causalclip.extract import ExtractConfig, extract
+from causalclip.features.extract import extract
+from causalclip.features.job import ExtractConfig
 if __name__ == "__main__":
     samples = pd.read_parquet(sys.argv[3])
     extract(samples, root=sys.argv[1], out=sys.argv[2], backbone=_Flaky(sys.argv[4], mode="slow"),
@@ -337,8 +340,8 @@ class _ConstantImages:
 
 def test_a_worker_dying_while_it_sends_an_answer_is_an_error_not_a_hang(tmp_path):
     """A shared result queue left a half-sent message that blocked the main process forever."""
-    from causalclip.cpu_pool import PoolError, cpu_pool_batches
-    from causalclip.extract import _collate
+    from causalclip.features.cpu_pool import PoolError, cpu_pool_batches
+    from causalclip.features.extract import _collate
 
     tasks = [([2 * i, 2 * i + 1], ["a", "b"]) for i in range(6)]
     outcome = []
@@ -375,8 +378,8 @@ class _OneSlowStarter(_ConstantImages):
 
 def test_the_pool_ends_without_waiting_for_a_worker_that_is_still_starting(tmp_path):
     """Every batch computed by the workers that were ready: one still starting (compiling) is not waited for."""
-    from causalclip.cpu_pool import cpu_pool_batches
-    from causalclip.extract import _collate
+    from causalclip.features.cpu_pool import cpu_pool_batches
+    from causalclip.features.extract import _collate
 
     got = []
     pool = cpu_pool_batches(
@@ -393,9 +396,9 @@ def test_the_pool_ends_without_waiting_for_a_worker_that_is_still_starting(tmp_p
 PARENT_DIES_SCRIPT = """
 import os, signal, sys, threading, time
 import torch
-from causalclip.backbones import Backbone
-from causalclip.cpu_pool import cpu_pool_batches
-from causalclip.extract import _collate
+from causalclip.backbones.base import Backbone
+from causalclip.features.cpu_pool import cpu_pool_batches
+from causalclip.features.extract import _collate
 
 
 class Mean(Backbone):
@@ -468,12 +471,12 @@ def _spawned_children() -> list[int]:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 def test_an_error_in_the_main_process_stops_the_workers(flat_tree, tmp_path, monkeypatch):
     """A shard that cannot be written (disk full, ...) ends the job at once, workers included."""
-    import causalclip.extract as ex
+    import causalclip.features.extract as ex
 
     root, samples = flat_tree
     flag = tmp_path / "slow"
     flag.touch()  # 0.5 s per batch: the workers would otherwise go on for several seconds
-    real, calls = ex._write_shard, []
+    real, calls = ex.write_shard, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -481,7 +484,7 @@ def test_an_error_in_the_main_process_stops_the_workers(flat_tree, tmp_path, mon
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ex, "_write_shard", failing)
+    monkeypatch.setattr(ex, "write_shard", failing)
     with pytest.raises(OSError, match="No space left") as info:
         _run(_Flaky(str(flag), mode="slow"), root, samples, tmp_path / "out", 2)
     # the traceback is kept alive (as a notebook or a debugger keeps it): the workers must have stopped anyway
@@ -490,12 +493,12 @@ def test_an_error_in_the_main_process_stops_the_workers(flat_tree, tmp_path, mon
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
-    import causalclip.cli as cli
+    import causalclip.cli.inspect as inspect_command
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_cmd_inspect", interrupted)
-    assert cli.main(["inspect", "somewhere"]) == 130
+    monkeypatch.setattr(inspect_command, "_cmd_inspect", interrupted)
+    assert main(["inspect", "somewhere"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "run the same command again" in err and "Traceback" not in err

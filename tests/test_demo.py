@@ -17,22 +17,14 @@ from sklearn.metrics import average_precision_score
 
 pytest.importorskip("skimage")  # the built-in photos ship with scikit-image (extra "demo")
 
-from causalclip.cli import main  # noqa: E402
-from causalclip.demo import PRESETS, build_benchmark  # noqa: E402
-from causalclip.demo.build import BuildConfig, to_grey  # noqa: E402
+from causalclip.cli.main import main  # noqa: E402
+from causalclip.demo.build import BUILD_SIZES, BuildConfig, build_benchmark, to_grey  # noqa: E402  # noqa: E402
 from causalclip.demo.generators import FamilyConfig  # noqa: E402
-from causalclip.demo.photos import (  # noqa: E402
-    BUILTIN_PHOTOS,
-    DemoError,
-    builtin_photos,
-    load_photo,
-    split_scenes,
-    tile_grid,
-)
+from causalclip.demo.photos import BUILTIN_PHOTOS, DemoError, builtin_photos, load_photo, split_scenes, tile_grid
 from causalclip.demo.run import DemoConfig, run_demo  # noqa: E402
-from causalclip.detector import load_detector  # noqa: E402
+from causalclip.detector.folder import read_detector  # noqa: E402
 
-TINY = PRESETS["tiny"]
+TINY = BUILD_SIZES["tiny"]
 FAMILIES = TINY.families
 TRAIN_ON = ("tconv-gan", "vae")
 FAST_TRAIN = tuple({"train.epochs": 3, "train.batch_size": 16, "train.lr": 1e-3, "train.num_threads": 1}.items())
@@ -91,7 +83,7 @@ def test_demo_runs_the_protocol_end_to_end(tiny_demo, capsys):
         for name in ("unseen_ap.png", "cross_family_ap.png"):
             with Image.open(out / "plots" / name) as im:
                 assert im.size[0] > 100
-    det = load_detector(out / "detector")
+    det = read_detector(out / "detector")
     assert det.feature_dim == 22 + 90  # spectrum rings of a 32 px tile + NPR statistics
     assert det.backbone["name"] == "concat" and det.preprocessing["size"] == 32
     assert det.provenance["train_family"] == "tconv-gan"
@@ -122,7 +114,7 @@ def test_no_scene_is_in_two_splits(tiny_demo):
 
 def test_full_preset_split_keeps_scenes_together():
     """The full preset's split, computed from all the built-in photos without building anything."""
-    cfg = PRESETS["full"]
+    cfg = BUILD_SIZES["full"]
     rows = []
     for photo in builtin_photos():
         rgb = load_photo(photo)

@@ -1,4 +1,4 @@
-"""The weight-free forensic backbones (causalclip.forensic): against references computed another way, the property
+"""The weight-free forensic backbones (causalclip.backbones.forensic): against references computed another way, the property
 Durall et al. predict, and selection by spec string like any backbone."""
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from causalclip import forensic, open_feature_set
-from causalclip.backbones import BackboneError, load_backbone
-from causalclip.cli import main
-from causalclip.forensic import ConcatBackbone, NPRBackbone, SpectrumBackbone, parse_spec
+from causalclip import open_feature_set
+from causalclip.backbones import forensic
+from causalclip.backbones.base import BackboneError
+from causalclip.backbones.forensic import ConcatBackbone, NPRBackbone, SpectrumBackbone, parse_spec
+from causalclip.backbones.registry import load_backbone
+from causalclip.cli.main import main
 
 
 def photo_crops(n: int, size: int = 64, seed: int = 0) -> np.ndarray:

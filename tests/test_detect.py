@@ -21,10 +21,12 @@ from transformers import CLIPVisionModelWithProjection  # noqa: E402
 
 from _detector_factory import make_tiny_detector, save_tiny_clip, write_image  # noqa: E402
 from causalclip import load_head  # noqa: E402
-from causalclip.cli import main  # noqa: E402
-from causalclip.detect import DetectionEngine, backbone_spec, crop_boxes, expand_inputs  # noqa: E402
-from causalclip.detector import DetectorError, load_detector  # noqa: E402
-from causalclip.imageio import Preprocessing, load_rgb  # noqa: E402
+from causalclip.cli.main import main  # noqa: E402
+from causalclip.detect.engine import DetectionEngine, backbone_spec, crop_boxes  # noqa: E402
+from causalclip.detect.inputs import expand_inputs  # noqa: E402
+from causalclip.detector.folder import DetectorError, read_detector  # noqa: E402
+from causalclip.images.decode import load_rgb  # noqa: E402
+from causalclip.images.transforms import Preprocessing  # noqa: E402
 
 SIZES = [(224, 224), (500, 300), (100, 80), (230, 700)]
 
@@ -334,5 +336,5 @@ def test_cli_grid_reports_crops(tiny, capsys, tmp_path):
     assert main(["detect", str(tiny["detector"]), str(big), "--crops", "grid", "--format", "jsonl", "-q"]) == 0
     (row,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert row["crops"] == 12  # ceil(500/224) x ceil(700/224) = 3 x 4
-    info = load_detector(tiny["detector"])
+    info = read_detector(tiny["detector"])
     assert row["label"] == ("fake" if row["fake_probability"] > info.threshold else "real")

@@ -12,15 +12,10 @@ import pandas as pd
 import pytest
 
 from causalclip import evaluate, load_head, open_feature_set, predict, resolve_run_config, train, write_feature_set
-from causalclip.cli import main
-from causalclip.detector import (
-    DetectorError,
-    export_detector,
-    export_detector_from_feature_set,
-    load_detector,
-)
-from causalclip.imageio import Preprocessing
-from causalclip.train import code_revision
+from causalclip.cli.main import main
+from causalclip.core.revision import code_revision
+from causalclip.detector.folder import DetectorError, export_detector, export_detector_from_feature_set, read_detector
+from causalclip.images.transforms import Preprocessing
 
 DIM = 16
 BACKBONE = {"name": "clip", "model": "test/clip-tiny", "revision": None, "feature": "image_embeds", "dim": DIM}
@@ -91,7 +86,7 @@ def test_export_writes_a_complete_self_describing_folder(detector, run, sets):
 
 
 def test_load_detector_scores_like_the_run(detector, run, sets):
-    det = load_detector(detector)
+    det = read_detector(detector)
     assert not det.head.training  # eval mode
     assert det.backbone == BACKBONE and det.preprocessing == PREPROCESSING and det.feature_dim == DIM
     assert det.threshold == json.loads((run / "threshold.json").read_text())["threshold"]
@@ -106,18 +101,18 @@ def test_load_detector_scores_like_the_run(detector, run, sets):
 
 def test_evaluate_reads_a_detector_folder_and_its_threshold(detector, sets):
     res = evaluate(detector, [sets["val"]])
-    assert res.metrics["threshold_calibrated"].iloc[0] == load_detector(detector).threshold
+    assert res.metrics["threshold_calibrated"].iloc[0] == read_detector(detector).threshold
     assert res.calibration["method"] == "val_balanced_acc"
 
 
 def test_threshold_choice_at_export(run, sets, tmp_path):
-    det = load_detector(export_detector_from_feature_set(run, sets["val"], tmp_path / "a", threshold=0.3))
+    det = read_detector(export_detector_from_feature_set(run, sets["val"], tmp_path / "a", threshold=0.3))
     assert det.threshold == 0.3 and det.calibration["method"] == "explicit"
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(run / name, bare / name)
-    det = load_detector(export_detector_from_feature_set(bare, sets["val"], tmp_path / "b"))
+    det = read_detector(export_detector_from_feature_set(bare, sets["val"], tmp_path / "b"))
     assert det.threshold == 0.5 and det.calibration["method"] == "default"
     assert evaluate(tmp_path / "b", [sets["val"]]).calibration is None  # 0.5 is no calibration
 
@@ -138,7 +133,7 @@ def test_export_detector_with_explicit_backbone_and_provenance(run, tmp_path):
     out = export_detector(
         run, tmp_path / "ok", backbone=BACKBONE, preprocessing=PREPROCESSING, provenance={"note": "demo", "train": "t"}
     )
-    prov = load_detector(out).provenance
+    prov = read_detector(out).provenance
     assert prov["note"] == "demo" and prov["train"] == "t"  # given provenance adds to and overrides the record
 
 
@@ -165,7 +160,7 @@ def test_refuses_pickle_files_without_reading_them(detector, tmp_path):
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         (d / rel).write_bytes(pickle.dumps({"w": 1}))
         with pytest.raises(DetectorError, match=f"pickle-based file.*{rel}"):
-            load_detector(d)
+            read_detector(d)
 
 
 @pytest.mark.parametrize("name", ["detector.json", "config.json", "model.safetensors"])
@@ -173,7 +168,7 @@ def test_refuses_missing_files(detector, tmp_path, name):
     d = _copy(detector, tmp_path)
     (d / name).unlink()
     with pytest.raises(DetectorError, match=f"{name}: missing"):
-        load_detector(d)
+        read_detector(d)
 
 
 @pytest.mark.parametrize(
@@ -196,20 +191,20 @@ def test_refuses_bad_detector_json(detector, tmp_path, changes, match):
     d = _copy(detector, tmp_path)
     _edit(d, **changes)
     with pytest.raises(DetectorError, match=match):
-        load_detector(d)
+        read_detector(d)
 
 
 def test_refuses_broken_json_and_weights(detector, tmp_path):
     d = _copy(detector, tmp_path)
     (d / "detector.json").write_text("{oops")
     with pytest.raises(DetectorError, match="detector.json: cannot read JSON"):
-        load_detector(d)
+        read_detector(d)
     d2 = _copy(detector, tmp_path / "w")
     (d2 / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(DetectorError, match="not a valid safetensors file"):
-        load_detector(d2)
+        read_detector(d2)
     with pytest.raises(DetectorError, match="not a directory"):
-        load_detector(tmp_path / "absent")
+        read_detector(tmp_path / "absent")
     assert issubclass(DetectorError, ValueError)
 
 
@@ -217,7 +212,7 @@ def test_export_cli(run, sets, tmp_path, capsys):
     out = tmp_path / "det"
     assert main(["export", str(run), "--features", str(sets["val"]), "--out", str(out)]) == 0
     assert "exported" in capsys.readouterr().out
-    assert load_detector(out).feature_dim == DIM
+    assert read_detector(out).feature_dim == DIM
     assert main(["export", str(run), "--features", str(sets["val"]), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (
@@ -226,4 +221,4 @@ def test_export_cli(run, sets, tmp_path, capsys):
         )
         == 0
     )
-    assert load_detector(out).threshold == 0.7
+    assert read_detector(out).threshold == 0.7

@@ -16,10 +16,10 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
 
-import causalclip.experiment as experiment  # noqa: E402
+import causalclip.paper.experiment as experiment  # noqa: E402
 from causalclip import open_feature_set  # noqa: E402
-from causalclip.cli import main  # noqa: E402
-from causalclip.paper_tables import GP_TEST_SETS, TEST_SETS, column_order, paper_table  # noqa: E402
+from causalclip.cli.main import main  # noqa: E402
+from causalclip.paper.tables import GP_TEST_SETS, TEST_SETS, column_order, paper_table  # noqa: E402
 from conftest import TINY_VISION  # noqa: E402
 from test_presets import build_fake_tree  # noqa: E402  (tests/ is on sys.path under pytest)
 

@@ -18,10 +18,13 @@ pytest.importorskip("transformers")
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection  # noqa: E402
 
 from causalclip import open_feature_set  # noqa: E402
-from causalclip.backbones import BackboneError, load_backbone  # noqa: E402
-from causalclip.cli import main  # noqa: E402
-from causalclip.extract import ExtractConfig, ExtractError, extract  # noqa: E402
-from causalclip.imageio import Perturbation, Preprocessing, load_rgb  # noqa: E402
+from causalclip.backbones.base import BackboneError  # noqa: E402
+from causalclip.backbones.registry import load_backbone  # noqa: E402
+from causalclip.cli.main import main  # noqa: E402
+from causalclip.features.extract import extract  # noqa: E402
+from causalclip.features.job import ExtractConfig, ExtractError  # noqa: E402
+from causalclip.images.decode import load_rgb  # noqa: E402
+from causalclip.images.transforms import Perturbation, Preprocessing  # noqa: E402
 from conftest import TINY_VISION  # noqa: E402
 
 
@@ -267,8 +270,9 @@ def test_perturbation_is_recorded_and_applied(tiny_clip, image_tree, tmp_path):
 
 KILL_SCRIPT = """
 import sys, pandas as pd
-from causalclip.backbones import load_backbone
-from causalclip.extract import ExtractConfig, extract
+from causalclip.backbones.registry import load_backbone
+from causalclip.features.extract import extract
+from causalclip.features.job import ExtractConfig
 samples = pd.read_parquet(sys.argv[3])
 extract(samples, root=sys.argv[1], out=sys.argv[2], backbone=load_backbone(sys.argv[4], precision="fp32"),
         config=ExtractConfig(batch_size=2, shard_size=4, workers=0), progress=False)
@@ -313,12 +317,12 @@ def test_resume_after_kill_equals_clean_run(tiny_clip, image_tree, tmp_path):
 
 def test_crash_between_shard_files_is_recovered(tiny_clip, image_tree, tmp_path, monkeypatch):
     """A crash after a shard's features were written but before its marker: the shard is redone, not duplicated."""
-    import causalclip.extract as ex
+    import causalclip.features.extract as ex
 
     root, samples = image_tree
     cfg = ExtractConfig(batch_size=3, shard_size=6, workers=0)
     bb = load_backbone(str(tiny_clip), precision="fp32")
-    real_write = ex._LocalFolder.write
+    real_write = ex.LocalFolder.write
     calls = {"n": 0}
 
     def flaky(self, name, data):
@@ -328,10 +332,10 @@ def test_crash_between_shard_files_is_recovered(tiny_clip, image_tree, tmp_path,
                 raise KeyboardInterrupt  # dies just before the 2nd marker
         real_write(self, name, data)
 
-    monkeypatch.setattr(ex._LocalFolder, "write", flaky)
+    monkeypatch.setattr(ex.LocalFolder, "write", flaky)
     with pytest.raises(KeyboardInterrupt):
         extract(samples, root=root, out=tmp_path / "x", backbone=bb, config=cfg, progress=False)
-    monkeypatch.setattr(ex._LocalFolder, "write", real_write)
+    monkeypatch.setattr(ex.LocalFolder, "write", real_write)
     res = extract(samples, root=root, out=tmp_path / "x", backbone=bb, config=cfg, progress=False)
     assert res.n_extracted_now == len(samples) - 6
     fs = open_feature_set(tmp_path / "x")
@@ -339,7 +343,7 @@ def test_crash_between_shard_files_is_recovered(tiny_clip, image_tree, tmp_path,
 
 
 def test_training_augmentation_is_deterministic_per_image(tiny_clip, image_tree, tmp_path):
-    from causalclip.imageio import Augmentation
+    from causalclip.images.transforms import Augmentation
 
     root, samples = image_tree
     bb = load_backbone(str(tiny_clip), precision="fp32")

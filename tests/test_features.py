@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from causalclip import FeatureSetError, open_feature_set, write_feature_set
-from causalclip.cli import main
+from causalclip.cli.main import main
 from conftest import make_samples
 
 

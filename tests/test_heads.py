@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from causalclip import ABLATIONS, HEADS, CausalCLIPConfig, build_head
-from causalclip.config import ConfigError
+from causalclip import HEADS, build_head
+from causalclip.core.config import ConfigError
+from causalclip.heads.causalclip import ABLATIONS, CausalCLIPConfig
 
 DIM = 24
 
@@ -155,7 +156,7 @@ def test_mask_definition_matches_equation_5():
 
 def test_noise_distributions():
     """Logistic noise (g1 - g2) has mean 0 and variance pi^2/3; the literal Gumbel has mean ~0.5772."""
-    from causalclip.heads import _sample_noise
+    from causalclip.heads.causalclip import _sample_noise
 
     torch.manual_seed(0)
     like = torch.zeros(())
@@ -169,7 +170,7 @@ def test_noise_distributions():
 
 def test_paper_vs_uniform_adversarial_objective():
     """'paper' subtracts alpha * BCE(d(Znc), y); 'uniform' adds alpha * CE(d(Znc), 0.5)."""
-    from causalclip.losses import bce, uniform_bce
+    from causalclip.heads.losses import bce, uniform_bce
 
     e, y = batch()
     for mode in ("paper", "uniform"):

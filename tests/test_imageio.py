@@ -25,16 +25,9 @@ import torch
 from PIL import Image, ImageFile
 from scipy.ndimage import gaussian_filter
 
-from causalclip import imageio
-from causalclip.imageio import (
-    DEFAULT_MAX_PIXELS,
-    ROBUSTNESS_PERTURBATIONS,
-    Augmentation,
-    ImageDecodeError,
-    Perturbation,
-    Preprocessing,
-    load_rgb,
-)
+from causalclip.images import decode as imageio
+from causalclip.images.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
+from causalclip.images.transforms import ROBUSTNESS_PERTURBATIONS, Augmentation, Perturbation, Preprocessing
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -7,8 +7,9 @@ import os
 import pytest
 import torch
 
-from causalclip.cli import main
-from causalclip.config import ConfigError, TrainConfig, config_from_dict
+from causalclip.cli.main import main
+from causalclip.core.config import ConfigError, config_from_dict
+from causalclip.training.config import TrainConfig
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,8 @@ def test_run_folder_with_a_pickle_beside_safetensors_is_refused(scm_sets, tmp_pa
 
 def test_local_clip_folder_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")
-    from causalclip.backbones import BackboneError, load_backbone
+    from causalclip.backbones.base import BackboneError
+    from causalclip.backbones.registry import load_backbone
 
     cfg = transformers.CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=28,

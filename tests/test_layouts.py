@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from causalclip.layouts import LAYOUTS, LayoutError, LayoutResult, list_samples
+from causalclip.images.layouts import LAYOUTS, LayoutError, LayoutResult, list_samples
 
 
 def make_tree(root, files):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import causalclip
-from causalclip.losses import bce, bernoulli_kl, hsic, mask_l1, uniform_bce
+from causalclip.heads.losses import bce, bernoulli_kl, hsic, mask_l1, uniform_bce
 
 
 def hsic_numpy(x: np.ndarray, y: np.ndarray) -> float:
@@ -45,7 +45,7 @@ def test_hsic_matches_numpy_with_exact_bandwidth():
     """With the bandwidth fixed identically on both sides the two computations agree to float precision."""
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(20, 4)), rng.normal(size=(20, 2))
-    from causalclip.losses import gaussian_gram
+    from causalclip.heads.losses import gaussian_gram
 
     k = gaussian_gram(torch.tensor(x), 2.0).numpy()
     l_ = gaussian_gram(torch.tensor(y), 3.0).numpy()

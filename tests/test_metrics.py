@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, average_precision_score
 
-from causalclip import MetricsError, binary_metrics, per_generator_metrics
-from causalclip.metrics import balanced_indices, probe_accuracy
+from causalclip import MetricsError
+from causalclip.metrics.binary import balanced_indices, binary_metrics, per_generator_metrics, probe_accuracy
 
 
 def test_hand_made_case():

@@ -2,7 +2,7 @@
 
 The paper's Markdown is read from $CAUSALCLIP_PAPER, else from ``shared/paper/causalclip.md`` next to the
 repository; tests that need it are skipped when it is absent. It is parsed here, with its own code, never through
-``causalclip.paper_tables`` (which reads only the shipped CSV).
+``causalclip.paper.tables`` (which reads only the shipped CSV).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from causalclip.paper_tables import (
+from causalclip.paper.report import MISSING, latex_escape, results_table
+from causalclip.paper.tables import (
     ABLATION_CONFIGS,
     AVG,
     FOLDER_NAMES,
@@ -31,7 +32,6 @@ from causalclip.paper_tables import (
     paper_results,
     paper_table,
 )
-from causalclip.report import MISSING, latex_escape, results_table
 
 # ---------------------------------------------------------------------------------------------------------
 # The paper's own inconsistencies. We ship what it prints; these lists say where the printed numbers disagree
@@ -207,7 +207,7 @@ def test_method_names_are_found_like_the_paper_prints_them():
 
 
 def test_data_file_is_package_data():
-    assert resources.files("causalclip").joinpath("data", "paper_tables.csv").is_file()
+    assert resources.files("causalclip.paper").joinpath("paper_tables.csv").is_file()
     assert len(paper_data()) == 2 * 8 * 16 + 2 * 9 * 16 + 16
 
 

@@ -12,17 +12,10 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from causalclip import (  # noqa: E402
-    build_head,
-    load_head,
-    open_feature_set,
-    resolve_run_config,
-    save_head,
-    train,
-    write_feature_set,
-)
-from causalclip.cli import main  # noqa: E402
-from causalclip.plots import MASK_COLUMNS, PlotError, embed_2d, mask_report, plot_robustness, umap_figure  # noqa: E402
+from causalclip import build_head, load_head, open_feature_set, resolve_run_config, train, write_feature_set
+from causalclip.cli.main import main  # noqa: E402
+from causalclip.evaluation.plots import MASK_COLUMNS, PlotError, embed_2d, mask_report, plot_robustness, umap_figure  # noqa: E402
+from causalclip.heads.checkpoint import save_head
 
 QUICK = {"epochs": 2, "batch_size": 64, "nc_probe_every": 1}
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from causalclip.paper_tables import DIFFUSION_TEST_SETS, GP_TEST_SETS, TEST_SETS, canonical_test_set, column_order
-from causalclip.presets import PRESETS, PresetError, holdout_mask, resolve_preset
+from causalclip.paper.presets import PRESETS, PresetError, holdout_mask, resolve_preset
+from causalclip.paper.tables import DIFFUSION_TEST_SETS, GP_TEST_SETS, TEST_SETS, canonical_test_set, column_order
 
 # GenImage generator folders as released (some with the extra release level, some re-organised without it).
 GENIMAGE = {

@@ -25,12 +25,14 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("transformers")
 
 from causalclip import open_feature_set  # noqa: E402
-from causalclip.backbones import Backbone, load_backbone  # noqa: E402
-from causalclip.cli import main  # noqa: E402
-from causalclip.extract import ExtractConfig, ExtractError, _Images, extract  # noqa: E402
-from causalclip.imageio import Augmentation, Perturbation, Preprocessing, _normalise_lut  # noqa: E402
-from causalclip.layouts import list_samples  # noqa: E402
-from causalclip.ray_engine import RayOptions, _decode, _Embedder  # noqa: E402
+from causalclip.backbones.base import Backbone  # noqa: E402
+from causalclip.backbones.registry import load_backbone  # noqa: E402
+from causalclip.cli.main import main  # noqa: E402
+from causalclip.features.extract import _Images, extract  # noqa: E402
+from causalclip.features.job import ExtractConfig, ExtractError  # noqa: E402
+from causalclip.features.ray_engine import RayOptions, _decode, _Embedder  # noqa: E402
+from causalclip.images.layouts import list_samples  # noqa: E402
+from causalclip.images.transforms import Augmentation, Perturbation, Preprocessing, normalise_lut  # noqa: E402
 
 # Backbone wrappers below are defined in this module, which Ray workers cannot import: send them by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -285,7 +287,7 @@ def test_decode_and_normalise_equal_the_local_engines_pixels(dataset, mode):
         {"row": rows, "src": np.array(src, dtype=object)}, prep=prep, pert=pert, augmentation=aug, max_pixels=10**8
     )
     local = _Images(dataset.root, paths, prep, pert, 10**8, aug)
-    lut = torch.from_numpy(np.array(_normalise_lut(prep.mean, prep.std)))
+    lut = torch.from_numpy(np.array(normalise_lut(prep.mean, prep.std)))
     for r in rows:
         _, want, reason = local[int(r)]
         if want is None:

@@ -20,11 +20,11 @@ pytest.importorskip("multipart")
 httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-import causalclip.detect as detect_module  # noqa: E402
+import causalclip.detect.engine as detect_module  # noqa: E402
 from _detector_factory import make_tiny_detector, write_image  # noqa: E402
-from causalclip.detect import DetectionEngine  # noqa: E402
-from causalclip.detector import DetectorError  # noqa: E402
-from causalclip.serve import create_app  # noqa: E402
+from causalclip.detect.engine import DetectionEngine  # noqa: E402
+from causalclip.detector.folder import DetectorError  # noqa: E402
+from causalclip.serve.app import create_app  # noqa: E402
 
 LIMIT = 400_000  # per file
 REQUEST_LIMIT = 1_000_000
@@ -241,7 +241,7 @@ def test_pickled_or_broken_detector_is_refused_at_startup(tiny, tmp_path):
 def test_serve_command_loads_and_runs_uvicorn(tiny, monkeypatch, capsys):
     import uvicorn
 
-    from causalclip.cli import main
+    from causalclip.cli.main import main
 
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))

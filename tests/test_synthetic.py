@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from causalclip.synthetic import SCMSpec, make_scm_split
+from causalclip.features.synthetic import SCMSpec, make_scm_split
 
 SPEC = SCMSpec(dim=64, n_causal=8, n_specific=8, n_generators=3, nuisance_rank=4)
 

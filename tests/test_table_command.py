@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from causalclip.cli import main
+from causalclip.cli.main import main
 
 
 def _eval_dir(tmp_path, name, ap):

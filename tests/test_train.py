@@ -19,9 +19,9 @@ from causalclip import (
     open_feature_set,
     predict,
     resolve_run_config,
-    save_head,
     train,
 )
+from causalclip.heads.checkpoint import save_head
 
 QUICK = {"epochs": 3, "nc_probe_every": 1, "batch_size": 64}
 

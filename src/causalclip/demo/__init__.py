@@ -4,11 +4,11 @@
   cut into tiles and split by scene;
 - :mod:`.generators`: four generator families trained here, from a seed, on the real training tiles;
 - :mod:`.build`: the cached build (tiles and fakes on disk, keyed by their parameters);
-- :mod:`.run`: features with a weight-free forensic backbone (:mod:`causalclip.forensic`), CausalCLIP, UnivFD and
+- :mod:`.run`: features with a weight-free forensic backbone (:mod:`causalclip.backbones.forensic`), CausalCLIP, UnivFD and
   VIB-Net heads trained on one family and tested on all, tables in the paper's format, plots, a detector folder.
 """
 
-from .build import PRESETS, Benchmark, BuildConfig, build_benchmark, default_cache
+from .build import BUILD_SIZES, Benchmark, BuildConfig, build_benchmark, default_cache
 from .photos import DemoError
 
-__all__ = ["PRESETS", "Benchmark", "BuildConfig", "DemoError", "build_benchmark", "default_cache"]
+__all__ = ["BUILD_SIZES", "Benchmark", "BuildConfig", "DemoError", "build_benchmark", "default_cache"]

@@ -41,13 +41,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..features import atomic_write
+from ..core.io import atomic_write, write_json
 from .generators import FAMILIES, FamilyConfig
 from .generators import describe as describe_family
 from .photos import SPLITS, DemoError, Photo, builtin_photos, folder_photos, load_photo, photo_digest, split_scenes
 from .photos import tile_grid as _tile_grid
 
-__all__ = ["PRESETS", "Benchmark", "BuildConfig", "build_benchmark", "default_cache"]
+__all__ = ["BUILD_SIZES", "Benchmark", "BuildConfig", "build_benchmark", "default_cache"]
 
 log = logging.getLogger("causalclip")
 
@@ -97,9 +97,9 @@ _FULL_BUDGETS = {
 }
 _TINY_BUDGETS = {name: FamilyConfig(steps=6, batch_size=8, width=4, sample_steps=2) for name in FAMILIES}
 
-# "full": the benchmark the docs report (7.6 minutes to build on the 2-core development machine, docs/demo.md);
+# "full": the benchmark the docs report (3.8 to 7.6 minutes to build on 2-core machines, docs/reports/demo-results.md);
 # "tiny": the same pipeline in seconds, for tests.
-PRESETS: dict[str, BuildConfig] = {
+BUILD_SIZES: dict[str, BuildConfig] = {
     "full": BuildConfig(family_configs=tuple(_FULL_BUDGETS.items())),
     "tiny": BuildConfig(
         tile=32,
@@ -143,10 +143,6 @@ class Benchmark:
 
 def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"))
 
 
 def _seed(*parts: Any) -> int:
@@ -244,7 +240,7 @@ def _build_real(folder: Path, cfg: BuildConfig, photos: list[Photo], params: dic
         if not (tiles["split"] == split).any():
             raise DemoError(f"the {split} split has no tiles; add photos")
     atomic_write(folder / "tiles.csv", lambda p: tiles.to_csv(p, index=False))
-    _write_json(folder / "build.json", params)
+    write_json(folder / "build.json", params, sort_keys=True)
     return tiles
 
 
@@ -291,7 +287,7 @@ def _build_family(
     sample_s = time.perf_counter() - t1
     fakes = pd.DataFrame(rows, columns=["path", "split", "index", "source", "grey"])
     atomic_write(folder / "fakes.csv", lambda p: fakes.to_csv(p, index=False))
-    _write_json(
+    write_json(
         folder / "family.json",
         {
             **params,
@@ -302,6 +298,7 @@ def _build_family(
             "torch": torch.__version__,
             "machine": platform.machine(),
         },
+        sort_keys=True,
     )
     return fakes, train_s + sample_s
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..imageio import ImageDecodeError, load_rgb
-from ..layouts import IMAGE_EXTENSIONS
+from ..images.decode import ImageDecodeError, load_rgb
+from ..images.layouts import IMAGE_EXTENSIONS
 
 __all__ = ["BUILTIN_PHOTOS", "DemoError", "Photo", "builtin_photos", "folder_photos", "split_scenes", "tile_grid"]
 

@@ -42,9 +42,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..features import atomic_write, open_feature_set, write_feature_set
-from ..report import ResultsTable
-from .build import PRESETS, Benchmark, BuildConfig, _write_json, build_benchmark
+from ..core.io import atomic_write, write_json
+from ..features.featureset import open_feature_set, write_feature_set
+from ..paper.report import ResultsTable
+from .build import BUILD_SIZES, Benchmark, BuildConfig, build_benchmark
 from .photos import SPLITS, DemoError
 
 __all__ = ["DEFAULT_TRAIN", "TINY_TRAIN", "DemoConfig", "DemoResult", "HEAD_LABELS", "run_demo"]
@@ -74,8 +75,8 @@ TINY_TRAIN: dict[str, Any] = {**DEFAULT_TRAIN, "train.epochs": 3}
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoConfig:
-    build: BuildConfig = PRESETS["full"]
-    # Backbone spec (causalclip.forensic); None: f"spectrum:size={tile}+npr:size={tile}" (weight-free)
+    build: BuildConfig = BUILD_SIZES["full"]
+    # Backbone spec (causalclip.backbones.forensic); None: f"spectrum:size={tile}+npr:size={tile}" (weight-free)
     backbone: str | None = None
     heads: tuple[str, ...] = ("causalclip", "univfd", "vib")
     train_families: tuple[str, ...] | None = None  # None: each family in turn
@@ -89,10 +90,10 @@ class DemoConfig:
     @classmethod
     def preset(cls, name: str, **changes: Any) -> DemoConfig:
         """The "full" or "tiny" demo (benchmark preset and head training), with ``changes`` to its fields."""
-        if name not in PRESETS:
-            raise DemoError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+        if name not in BUILD_SIZES:
+            raise DemoError(f"unknown preset {name!r}; available: {sorted(BUILD_SIZES)}")
         train = TINY_TRAIN if name == "tiny" else DEFAULT_TRAIN
-        return cls(**{"build": PRESETS[name], "train_overrides": tuple(train.items()), **changes})
+        return cls(**{"build": BUILD_SIZES[name], "train_overrides": tuple(train.items()), **changes})
 
     def backbone_spec(self) -> str:
         t = self.build.tile
@@ -125,12 +126,13 @@ def _check_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
             for sub in ("features", "runs", "eval", "manifests", "plots", "detector"):
                 shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(path, state)
+    write_json(path, state, sort_keys=True)
 
 
 def _extract_split(bench: Benchmark, split: str, out: Path, backbone, cfg: DemoConfig, progress: bool) -> Path:
-    from ..extract import ExtractConfig, extract
-    from ..layouts import list_samples
+    from ..features.extract import extract
+    from ..features.job import ExtractConfig
+    from ..images.layouts import list_samples
 
     manifest = out / "manifests" / f"{split}.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
@@ -294,10 +296,11 @@ def run_demo(
     progress: bool = False,
 ) -> DemoResult:
     """Build or reuse the benchmark, extract, train every head on every family, evaluate on all, report."""
-    from ..backbones import load_backbone
-    from ..detector import export_detector_from_feature_set
-    from ..evaluate import evaluate
-    from ..train import resolve_run_config, train
+    from ..backbones.registry import load_backbone
+    from ..detector.folder import export_detector_from_feature_set
+    from ..evaluation.evaluate import evaluate
+    from ..training.config import resolve_run_config
+    from ..training.loop import train
 
     cfg = cfg or DemoConfig()
     out = Path(out)
@@ -386,7 +389,7 @@ def run_demo(
             overwrite=True,
         )
     seconds["total"] = time.perf_counter() - t_all
-    _write_json(
+    write_json(
         out / "demo.json",
         {
             "benchmark": str(bench.root),
@@ -404,6 +407,7 @@ def run_demo(
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
             "summary_unseen_ap": tables["summary"].frame.to_dict(orient="index"),
         },
+        sort_keys=True,
     )
     return DemoResult(out=out, results=results, tables=tables, detector=detector, seconds=seconds, benchmark=bench)
 

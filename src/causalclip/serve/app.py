@@ -1,4 +1,4 @@
-"""The HTTP API and web page around a :class:`~causalclip.detect.DetectionEngine`.
+"""The HTTP API and web page around a :class:`~causalclip.detect.engine.DetectionEngine`.
 
 ``create_app(DETECTOR)`` loads the detector and its backbone once, when the app is made (so a bad folder fails
 before the server listens), and returns a FastAPI app:
@@ -26,9 +26,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
-from ..detect import DetectionEngine
-from ..imageio import DEFAULT_MAX_PIXELS
+from ..core.version import __version__
+from ..detect.engine import DetectionEngine
+from ..images.decode import DEFAULT_MAX_PIXELS
 
 __all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
 

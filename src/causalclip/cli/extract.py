@@ -1,0 +1,156 @@
+"""``causalclip extract ROOT --layout L --out DIR``: images -> a cached feature set (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+def processes_arg(text: str) -> int | str:
+    """``--processes``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return n
+
+
+def _parse_pairs(items: Sequence[str] | None) -> dict[str, tuple[str, str]] | None:
+    if not items:
+        return None
+    pairs = {}
+    for item in items:
+        name, sep, roots = item.partition("=")
+        real, sep2, fake = roots.partition(":")
+        if not (sep and sep2 and name and real and fake):
+            raise ValueError(f"--pair {item!r}: expected NAME=REAL_DIR:FAKE_DIR")
+        pairs[name] = (real, fake)
+    return pairs
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from ..backbones.registry import load_backbone
+    from ..features.extract import extract
+    from ..features.job import ExtractConfig
+    from ..images.layouts import list_samples
+    from ..images.transforms import Augmentation, Perturbation
+
+    listing = list_samples(
+        args.root,
+        args.layout,
+        split=args.split,
+        pairs=_parse_pairs(args.pair),
+        max_per_class=args.max_per_class,
+        seed=args.seed,
+        generator=args.generator,
+    )
+    if len(listing.samples) == 0:
+        raise ValueError(f"{args.root}: the {args.layout} layout found no images")
+    load_args = {"feature": args.feature, "normalize": args.normalize, "preprocessing_mode": args.preprocess}
+    ray_options = None
+    if args.engine == "ray":  # the driver's copy (on CPU) fixes the job's identity; each actor loads its own
+        from ..features.ray_engine import RayOptions, actor_precision
+
+        precision = actor_precision(args.precision, args.device)
+        backbone = load_backbone(args.backbone, device="cpu", precision=precision, **load_args)
+        ray_options = RayOptions(
+            address=args.ray_address,
+            actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor,
+            cpus_per_actor=args.cpus_per_actor,
+            backbone_args={"model": args.backbone, "compile": args.compile, **load_args},
+        )
+    else:
+        backbone = load_backbone(
+            args.backbone, device=args.device, precision=args.precision, compile=args.compile, **load_args
+        )
+    config = ExtractConfig(
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        processes=args.processes,
+        storage_dtype=args.dtype,
+    )
+    res = extract(
+        listing.samples,
+        root=listing.root,
+        out=args.out,
+        backbone=backbone,
+        perturbation=Perturbation(jpeg_quality=args.jpeg, blur_sigma=args.blur),
+        augmentation=Augmentation() if args.augment else None,
+        augment_seed=args.seed,
+        config=config,
+        ignored=listing.ignored,
+        device=args.device,
+        progress=not args.quiet,
+        engine=args.engine,
+        ray_options=ray_options,
+    )
+    print(
+        f"{res.out}: {res.n_ok} of {res.n_planned} images extracted ({res.n_extracted_now} in this run, "
+        f"{res.images_per_s:.2f} images/s); {len(res.errors)} input(s) not used"
+    )
+    if len(res.errors):
+        for reason, count in res.errors["reason"].value_counts().items():
+            print(f"  {count:>6} x {reason}")
+        print(f"  every one is listed in {res.out}/errors.csv")
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    x = sub.add_parser(
+        "extract",
+        help="images -> cached backbone features (resumable)",
+        description="Extract frozen-backbone features of a dataset into a feature set. Run the same command again "
+        "to resume after an interruption. Exits 1 if some inputs could not be used (listed in OUT/errors.csv).",
+    )
+    x.add_argument("root", metavar="ROOT", help="dataset folder (or manifest file for --layout manifest)")
+    x.add_argument("--layout", required=True, help="genimage, cnndetection, pairs, folders or manifest")
+    x.add_argument("--split", help="train / val / test, where the layout has splits")
+    x.add_argument("--generator", help="generator name when ROOT is a single generator's folder")
+    x.add_argument("--pair", action="append", metavar="NAME=REAL:FAKE", help="pairs layout: a generator's roots")
+    x.add_argument(
+        "--backbone",
+        default="openai/clip-vit-large-patch14",
+        metavar="ID_OR_PATH",
+        help="CLIP hub id or local folder (default: CLIP ViT-L/14), or a weight-free spec such as spectrum+npr",
+    )
+    x.add_argument("--feature", choices=["image_embeds", "pooled"], default="image_embeds")
+    x.add_argument("--normalize", action="store_true", help="L2-normalise the features")
+    x.add_argument("--preprocess", choices=["crop", "clip"], default="crop", help="crop: centre crop, no resize")
+    x.add_argument("--jpeg", type=int, metavar="Q", help="perturbation: re-encode as JPEG at quality Q")
+    x.add_argument("--blur", type=float, metavar="SIGMA", help="perturbation: Gaussian blur (before JPEG)")
+    x.add_argument(
+        "--augment", action="store_true", help="training augmentation: blur p=0.1, JPEG p=0.1 (one draw per image)"
+    )
+    x.add_argument("--out", required=True, metavar="DIR")
+    x.add_argument("--max-per-class", type=int, help="balanced seeded sampling: at most N per generator and class")
+    x.add_argument("--seed", type=int, default=0, help="seed of --max-per-class sampling and --augment")
+    x.add_argument("--batch-size", type=int, default=8, help="8 on CPU; 256 on a GPU")
+    x.add_argument("--shard-size", type=int, default=4096)
+    x.add_argument("--workers", type=int, default=1, help="decoding processes (with --processes 1)")
+    x.add_argument(
+        "--processes",
+        type=processes_arg,
+        default="auto",
+        metavar="N|auto",
+        help="CPU: backbone processes, each decoding its own batches, threads = cores / N (auto: one per core, "
+        "at most 4; 1 = one process, --workers decode); ignored on a GPU",
+    )
+    x.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
+    x.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    x.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    x.add_argument("--device", default="cpu")
+    x.add_argument("-q", "--quiet", action="store_true")
+    r = x.add_argument_group("distributed (--engine ray; docs/guides/distributed.md)")
+    r.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data on a Ray cluster")
+    r.add_argument("--ray-address", metavar="ADDR", help="auto (this node's cluster), ray://HEAD:10001; default local")
+    r.add_argument("--actors", type=int, help="backbone actors (default: one per GPU, or CPUs / 2)")
+    r.add_argument("--gpus-per-actor", type=float, help="default 1 with --device cuda, else 0 (CPU actors)")
+    r.add_argument("--cpus-per-actor", type=float, default=1.0)
+    x.set_defaults(func=_cmd_extract)

@@ -1,0 +1,32 @@
+"""The code revision recorded in every run folder and detector (git commit, with a mark when the tree is dirty)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def code_revision() -> str:
+    """The git commit of the causalclip source (with ``-dirty`` for uncommitted changes), if it is a checkout."""
+    src = Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10
+        )
+        if top.returncode == 0 and (Path(top.stdout.strip()) / "src" / "causalclip").is_dir():
+            rev = subprocess.run(
+                ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            )
+            dirty = subprocess.run(
+                ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if rev.returncode == 0:
+                return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from . import __version__
+
+    return f"causalclip {__version__} (not a git checkout)"

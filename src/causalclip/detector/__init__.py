@@ -1,0 +1,1 @@
+"""Stage 8: detector folders, a run packaged with the description of its backbone and preprocessing."""

@@ -1,0 +1,129 @@
+"""Evaluate a trained head on one or more test feature sets, per generator (docs/method.md#evaluation-protocol)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core.io import atomic_write
+from ..features.featureset import FeatureSet, open_feature_set
+from ..heads.checkpoint import load_head
+from ..heads.predict import FEATURE_KEYS, predict
+from ..metrics.binary import balanced_indices, per_generator_metrics
+from ..metrics.errors import MetricsError
+from ..metrics.thresholds import stored_threshold
+
+__all__ = ["EvalResult", "check_compatible", "evaluate", "format_table"]
+
+
+@dataclass
+class EvalResult:
+    # generator, n_real, n_fake, ap, acc, real_acc, fake_acc, acc_oracle (+ *_calibrated, threshold_calibrated
+    # when the run has a stored threshold) and a "mean" row
+    metrics: pd.DataFrame
+    predictions: pd.DataFrame  # path, generator, label, score
+    notes: list[str]
+    calibration: dict | None = None  # the run's threshold.json (or detector.json record) used, if any
+
+
+def check_compatible(info: dict, fs: FeatureSet, run: Path) -> None:
+    """Refuse a feature set made differently from the features the head was trained on (dim, backbone, ...)."""
+    if info["dim"] != fs.dim:
+        raise ValueError(f"{fs.root}: features have dim {fs.dim}, but the head in {run} expects {info['dim']}")
+    trained = info.get("features", {})
+    for key in FEATURE_KEYS:
+        if key == "perturbation":  # robustness sweeps evaluate on perturbed copies on purpose
+            continue
+        if key in trained and key in fs.meta and trained[key] != fs.meta[key]:
+            raise ValueError(
+                f"{fs.root}: features were made with {key} {fs.meta[key]!r}, but the head in {run} was trained on "
+                f"{trained[key]!r}"
+            )
+
+
+def evaluate(
+    run: str | os.PathLike[str],
+    test_sets: Sequence[str | os.PathLike[str] | FeatureSet],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    balance: bool = True,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    threshold: float = 0.5,
+    device: str = "cpu",
+) -> EvalResult:
+    """Score every test set with the head in ``run`` and compute per-generator AP/ACC.
+
+    With ``balance`` (the protocol's default), each generator's reals and fakes are subsampled, seeded, to equal
+    numbers (capped at ``max_per_class``); the counts used are in the metrics table. With ``out``, writes
+    ``metrics.csv`` and ``predictions.csv`` there. The same generator name in two test sets is an error.
+
+    ``acc_oracle`` (best accuracy over thresholds on each generator's own test data) is an optimistic upper
+    bound. When ``run`` holds a calibrated threshold (threshold.json, or a detector folder's detector.json), the
+    accuracies at that threshold are added as ``*_calibrated`` columns with ``threshold_calibrated``.
+    """
+    run = Path(run)
+    calibration = stored_threshold(run)
+    loaded = load_head(run, device=device)
+    parts, notes = [], []
+    owner: dict[str, Path] = {}
+    for ts in test_sets:
+        fs = ts if isinstance(ts, FeatureSet) else open_feature_set(ts)
+        check_compatible(loaded.info, fs, run)
+        if len(fs) == 0:
+            raise MetricsError(f"{fs.root}: the test set has no samples")
+        gens = fs.generators
+        for g in pd.unique(gens):
+            if g in owner and owner[g] != fs.root:
+                raise ValueError(f"generator {g!r} appears in both {owner[g]} and {fs.root}; rename one of them")
+            owner[g] = fs.root
+        if balance:
+            idx = balanced_indices(fs.labels, gens, seed=seed, max_per_class=max_per_class)
+            if len(idx) < len(fs):
+                notes.append(f"{fs.root}: balanced by seeded sampling to {len(idx)} of {len(fs)} samples (seed {seed})")
+        else:
+            idx = np.arange(len(fs))
+        scores = predict(loaded.head, fs, indices=idx, device=device)
+        parts.append(
+            pd.DataFrame({"path": fs.paths[idx], "generator": gens[idx], "label": fs.labels[idx], "score": scores})
+        )
+    predictions = pd.concat(parts, ignore_index=True)
+    metrics = per_generator_metrics(
+        predictions,
+        threshold=threshold,
+        calibrated_threshold=None if calibration is None else float(calibration["threshold"]),
+        sources={g: str(root) for g, root in owner.items()},
+    )
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, df in (("metrics.csv", metrics), ("predictions.csv", predictions)):
+            atomic_write(out / name, lambda p, df=df: df.to_csv(p, index=False))
+    return EvalResult(metrics=metrics, predictions=predictions, notes=notes, calibration=calibration)
+
+
+def format_table(metrics: pd.DataFrame) -> str:
+    """A fixed-width text table of a metrics frame, AP and accuracies in percent (oracle and calibrated accuracy
+    when the frame has them)."""
+    extra = [(c, h) for c, h in (("acc_oracle", "oracle"), ("acc_calibrated", "calib")) if c in metrics.columns]
+    header = f"{'generator':<20} {'n_real':>7} {'n_fake':>7} {'AP':>7} {'ACC':>7} {'real':>7} {'fake':>7}"
+    header += "".join(f" {h:>7}" for _, h in extra)
+    lines = [header, "-" * len(header)]
+    for _, r in metrics.iterrows():
+        if r["generator"] == "mean":
+            lines.append("-" * len(header))
+        lines.append(
+            f"{str(r['generator'])[:20]:<20} {int(r['n_real']):>7} {int(r['n_fake']):>7} {100 * r['ap']:>7.2f} "
+            f"{100 * r['acc']:>7.2f} {100 * r['real_acc']:>7.2f} {100 * r['fake_acc']:>7.2f}"
+            + "".join(f" {100 * r[c]:>7.2f}" for c, _ in extra)
+        )
+    if "threshold_calibrated" in metrics.columns and len(metrics):
+        lines.append(f"calib = ACC at the run's calibrated threshold {metrics['threshold_calibrated'].iloc[0]:.4g}")
+    if extra:
+        lines.append("oracle = best ACC over thresholds on each test set itself: an optimistic upper bound")
+    return "\n".join(lines)

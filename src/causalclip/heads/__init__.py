@@ -1,0 +1,1 @@
+"""Stage 5: detection heads on cached features (CausalCLIP, UnivFD, VIB-Net), their losses, registry, checkpoints."""

@@ -1,0 +1,111 @@
+"""Trained heads on disk: ``config.json`` + ``model.safetensors``, and nothing that could be unpickled.
+
+``config.json`` names the head, its full config, the feature dimension, the decision threshold and what the
+features must be (backbone and preprocessing from the training set's meta.json), so that a folder is
+self-describing. Loading never calls ``torch.load``/``pickle``: a folder whose weights are in any other format
+is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..core.config import config_to_dict
+from ..core.io import atomic_write
+from .base import Head
+from .registry import build_head
+
+__all__ = ["CheckpointError", "LoadedHead", "load_head", "save_head"]
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npz"}
+
+
+class CheckpointError(ValueError):
+    """A head folder is missing, unsafe or inconsistent; the message names the file."""
+
+
+@dataclass
+class LoadedHead:
+    head: Head
+    info: dict[str, Any]  # the parsed config.json
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info.get("threshold", 0.5))
+
+
+def save_head(folder: str | os.PathLike[str], head: Head, *, threshold: float = 0.5, extra: dict | None = None) -> Path:
+    """Write ``head`` to ``folder`` as config.json + model.safetensors (both atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {
+        "format_version": FORMAT_VERSION,
+        "head": head.name,
+        "head_config": config_to_dict(head.config),
+        "dim": head.dim,
+        "threshold": threshold,
+        **(extra or {}),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    atomic_write(
+        folder / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt", "head": head.name})
+    )
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+    return folder
+
+
+def load_head(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedHead:
+    """Load a head saved by :func:`save_head` (a training run folder is one), in eval mode."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a directory (expected a run or detector folder)")
+    # A folder that holds pickle files is refused even beside safetensors weights (as detector folders are):
+    # nothing would be unpickled, but such a folder did not come from causalclip and may not be what it claims.
+    unsafe = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if unsafe:
+        raise CheckpointError(
+            f"{folder}: holds pickle-based files ({', '.join(unsafe)}); refusing to load from it because pickle "
+            f"files can run arbitrary code. Keep only {CONFIG_NAME} and {WEIGHTS_NAME} (convert in a trusted "
+            "environment)."
+        )
+    if not w_path.is_file():
+        raise CheckpointError(f"{w_path}: missing")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing")
+    try:
+        info = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: cannot read JSON: {exc}") from exc
+    for key in ("head", "head_config", "dim"):
+        if key not in info:
+            raise CheckpointError(f"{cfg_path}: missing key {key!r}")
+    if info.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path}: format_version {info['format_version']} is newer than this causalclip")
+    try:
+        head = build_head(info["head"], dim=int(info["dim"]), config=info["head_config"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}") from exc
+    try:
+        state = load_file(str(w_path), device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{w_path}: not a valid safetensors file ({exc}); refusing to try other (pickle-based) readers"
+        ) from exc
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{w_path}: weights do not match the head in {CONFIG_NAME}: {exc}") from exc
+    head.to(device).eval()
+    return LoadedHead(head=head, info=info)

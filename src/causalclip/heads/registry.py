@@ -1,0 +1,41 @@
+"""The one place heads are selected by name (``--head NAME``, ``build_head``), and Table 5's ablations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.config import config_from_dict
+from .base import Head
+from .causalclip import CausalCLIPHead
+from .linear import LinearProbeHead
+from .vib import VIBHead
+
+__all__ = ["HEADS", "build_head", "register_head"]
+
+HEADS: dict[str, type[Head]] = {}
+
+
+def register_head(cls: type[Head]) -> type[Head]:
+    """Make a head selectable by its ``name``; usable as a class decorator for heads of your own."""
+    if cls.name in HEADS:
+        raise ValueError(f"head {cls.name!r} registered twice")
+    HEADS[cls.name] = cls
+    return cls
+
+
+for _cls in (CausalCLIPHead, LinearProbeHead, VIBHead):
+    register_head(_cls)
+
+
+def build_head(name: str, *, dim: int, config: Any = None) -> Head:
+    """Instantiate the registered head ``name`` for d = ``dim`` features; ``config`` is its config or a dict."""
+    if name not in HEADS:
+        raise KeyError(f"unknown head {name!r}; available: {sorted(HEADS)}")
+    cls = HEADS[name]
+    if config is None:
+        config = cls.config_cls()
+    elif isinstance(config, dict):
+        config = config_from_dict(cls.config_cls, config, where=f"head {name}: ")
+    elif not isinstance(config, cls.config_cls):
+        raise TypeError(f"head {name!r} expects a {cls.config_cls.__name__}, got {type(config).__name__}")
+    return cls(dim=dim, config=config)

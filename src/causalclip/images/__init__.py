@@ -1,0 +1,1 @@
+"""Stage 1: image files -> RGB arrays (decoding), dataset layouts on disk, and preprocessing / perturbations."""

@@ -1,0 +1,1 @@
+"""Stage 11: reproducing the paper: its tables as data, presets for its data sets, experiments, results tables."""

@@ -1,0 +1,1 @@
+"""Stage 6: the training loop and its configuration; writes run folders."""

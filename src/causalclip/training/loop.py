@@ -1,0 +1,286 @@
+"""The training loop: named losses in, optimiser steps out; early stopping; a self-describing run folder.
+
+The loop knows nothing about any particular head: each head yields ``(group, loss, logs)`` phases and the loop
+steps that group's optimiser (``loss.backward(inputs=group)``, so only that group's parameters get gradients).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..core.io import atomic_write, save_npy, write_text
+from ..core.revision import code_revision
+from ..features.featureset import FeatureSet, open_feature_set
+from ..heads.base import Head
+from ..heads.checkpoint import save_head
+from ..heads.predict import FEATURE_KEYS, feature_description, predict
+from ..heads.registry import build_head
+from ..metrics.binary import binary_metrics
+from ..metrics.thresholds import calibration_record, write_threshold
+from .config import RunConfig, resolve_run_config
+
+__all__ = ["TrainResult", "train"]
+
+log = logging.getLogger("causalclip")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    head: Head
+    best_epoch: int
+    best_score: float
+    stop_reason: str
+    history: pd.DataFrame
+
+
+def _as_set(x: FeatureSet | str | os.PathLike[str]) -> FeatureSet:
+    return x if isinstance(x, FeatureSet) else open_feature_set(x)
+
+
+def _check_two_classes(fs: FeatureSet, role: str) -> None:
+    counts = np.bincount(fs.labels, minlength=2)
+    if counts.min() == 0:
+        raise ValueError(
+            f"{fs.root}: the {role} set needs real and fake samples, got {counts[0]} real and {counts[1]} fake"
+        )
+
+
+def _subset(n: int, max_samples: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded random subset of range(n) of size max_samples (all when 0 or n is smaller)."""
+    if max_samples <= 0 or n <= max_samples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterable[np.ndarray]:
+    perm = rng.permutation(n)
+    for i in range(0, n, batch_size):
+        b = perm[i : i + batch_size]
+        if len(b) >= 2:  # HSIC and BCE need at least two samples; a lone leftover sample is skipped this epoch
+            yield np.sort(b)  # sorted rows read the memory map sequentially; the batch's content is unchanged
+
+
+def train(
+    *,
+    train_set: FeatureSet | str | os.PathLike[str],
+    val_set: FeatureSet | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    run_config: RunConfig | None = None,
+    head: str = "causalclip",
+    progress: bool = True,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train a head on a cached feature set with early stopping on the validation set; write the run folder.
+
+    The run folder holds ``config.json`` + ``model.safetensors`` (the best epoch's head, loadable with
+    :func:`causalclip.load_head`), ``run.json`` (resolved config, code revision, data, versions),
+    ``metrics.csv`` (one row per epoch), ``summary.json``, and for CausalCLIP ``mask_selection.csv`` and
+    ``mask_frequency.npy`` (per-epoch, per-dimension selection frequency on the validation set).
+    """
+    rc = run_config or resolve_run_config(head)
+    cfg = rc.train
+    out = Path(out)
+    if (out / "config.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"{out}: already holds a trained run (config.json); choose another --out or pass --overwrite"
+        )
+    tr, va = _as_set(train_set), _as_set(val_set)
+    if tr.dim != va.dim:
+        raise ValueError(f"{tr.root} has dim {tr.dim} but {va.root} has dim {va.dim}")
+    for key in FEATURE_KEYS:
+        if key in tr.meta and key in va.meta and tr.meta[key] != va.meta[key]:
+            raise ValueError(
+                f"{tr.root} and {va.root} were made differently ({key}: {tr.meta[key]!r} vs {va.meta[key]!r})"
+            )
+    _check_two_classes(tr, "training")
+    _check_two_classes(va, "validation")
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = build_head(rc.head, dim=tr.dim, config=rc.head_config).to(device)
+    groups = model.param_groups()
+    opt_cls = torch.optim.AdamW if model.optimizer_name() == "adamw" else torch.optim.Adam
+    opts = {g: opt_cls(ps, lr=cfg.lr, weight_decay=cfg.weight_decay) for g, ps in groups.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    run_info = {
+        **rc.to_dict(),
+        "code_revision": code_revision(),
+        "started": started,
+        "data": {
+            "train": {"path": str(tr.root), "n": len(tr), "n_fake": int(tr.labels.sum())},
+            "val": {"path": str(va.root), "n": len(va), "n_fake": int(va.labels.sum())},
+            "features": feature_description(tr),
+        },
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+    }
+    write_text(out / "run.json", json.dumps(run_info, indent=2) + "\n")
+
+    val_idx = _subset(len(va), cfg.val_max_samples, cfg.seed)
+    val_labels = va.labels[val_idx]
+    diag_idx = val_idx[_subset(len(val_idx), 4096, cfg.seed + 1)]
+    diag_x = torch.from_numpy(va.take(diag_idx).astype(np.float32)).to(device)
+    diag_y = torch.from_numpy(va.labels[diag_idx]).to(device)
+
+    history: list[dict[str, Any]] = []
+    freq_history: list[np.ndarray] = []
+    best_score, best_epoch, best_state, bad_epochs = -math.inf, 0, None, 0
+    lr, n_decays = cfg.lr, 0
+    stop_reason = f"reached {cfg.epochs} epochs"
+    y_all = torch.from_numpy(tr.labels.copy())
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        seen = 0
+        n_batches = math.ceil(len(tr) / cfg.batch_size)
+        bar = tqdm(
+            _batches(len(tr), cfg.batch_size, rng),
+            total=n_batches,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        for b in bar:
+            x = torch.from_numpy(tr.take(b).astype(np.float32, copy=False)).to(device)
+            y = y_all[b].to(device)
+            logs_step: dict[str, torch.Tensor] = {}
+            for group, loss, logs in model.training_phases(x, y):
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"epoch {epoch}: the {group!r} loss became {loss.item()}; lower lr or loss weights"
+                    )
+                opt = opts[group]
+                opt.zero_grad(set_to_none=True)
+                loss.backward(inputs=groups[group])
+                opt.step()
+                logs_step.update(logs)
+            for k, v in logs_step.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(b)
+            seen += len(b)
+            if progress and "cls" in logs_step:
+                bar.set_postfix(cls=f"{float(logs_step['cls'].detach()):.4f}", refresh=False)
+        bar.close()
+        train_s = time.perf_counter() - t0
+
+        scores = predict(model, va, indices=val_idx, device=str(device))
+        val = binary_metrics(val_labels, scores, name=f"validation set {va.root}")
+        probe = cfg.nc_probe_every > 0 and epoch % cfg.nc_probe_every == 0
+        model.eval()
+        diag = model.diagnostics(diag_x, diag_y, probe=probe)
+        freq = diag.pop("mask_dim_frequency", None)
+        if freq is not None:
+            freq_history.append(freq)
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+            **{f"val_{k}": v for k, v in val.items() if k not in ("n_real", "n_fake")},
+            **diag,
+            "train_seconds": train_s,
+            "samples_per_s": seen / train_s if train_s > 0 else float("nan"),
+        }
+        history.append(row)
+        table = pd.DataFrame(history)
+        atomic_write(out / "metrics.csv", lambda p, t=table: t.to_csv(p, index=False))
+        if freq_history:
+            freqs = np.stack(freq_history).astype(np.float32)
+            atomic_write(out / "mask_frequency.npy", lambda p, f=freqs: save_npy(p, f))
+        log.info(
+            "epoch %d: val AP %.4f ACC %.4f%s (%.0f samples/s)",
+            epoch,
+            val["ap"],
+            val["acc"],
+            "".join(f", {k} {v:.4g}" for k, v in diag.items() if isinstance(v, float)),
+            row["samples_per_s"],
+        )
+
+        score = -val["loss"] if cfg.early_stop_metric == "loss" else val[cfg.early_stop_metric]
+        if score > best_score:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        if bad_epochs >= cfg.patience:
+            if not cfg.lr_decay_on_plateau:
+                stop_reason = f"no val {cfg.early_stop_metric} improvement for {cfg.patience} epochs"
+                break
+            n_decays += 1
+            lr = cfg.lr / 10**n_decays  # not lr /= 10: repeated division drifts (1e-4/10/10 > 1e-6)
+            if lr < cfg.min_lr * (1 - 1e-9):
+                stop_reason = f"plateau with lr {lr:.1e} < min_lr {cfg.min_lr:.1e}"
+                break
+            for opt in opts.values():
+                for pg in opt.param_groups:
+                    pg["lr"] = lr
+            bad_epochs = 0
+            log.info("val %s plateaued: lr -> %.1e", cfg.early_stop_metric, lr)
+
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    final_diag = model.diagnostics(diag_x, diag_y, probe=True)
+    freq = final_diag.pop("mask_dim_frequency", None)
+    if freq is not None:
+        pd.DataFrame({"dimension": np.arange(len(freq)), "frequency": freq}).to_csv(
+            out / "mask_selection.csv", index=False
+        )
+    best_row = history[best_epoch - 1]
+    summary = {
+        "best_epoch": best_epoch,
+        "early_stop_metric": cfg.early_stop_metric,
+        "best_score": best_score,
+        "stop_reason": stop_reason,
+        "epochs_run": len(history),
+        "val": {k[4:]: v for k, v in best_row.items() if k.startswith("val_")},
+        "diagnostics": final_diag,
+    }
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    save_head(
+        out,
+        model,
+        threshold=0.5,
+        extra={
+            "features": feature_description(tr),
+            "provenance": {
+                "train": str(tr.root),
+                "val": str(va.root),
+                "trained": started,
+                "code_revision": run_info["code_revision"],
+                "best_epoch": best_epoch,
+            },
+        },
+    )
+    # The decision threshold that maximises balanced accuracy on the validation set (evaluate reports ACC at it).
+    val_scores = predict(model, va, device=str(device))
+    write_threshold(
+        out, calibration_record(va.labels, val_scores, source=str(va.root), name=f"validation set {va.root}")
+    )
+    return TrainResult(
+        run_dir=out,
+        head=model,
+        best_epoch=best_epoch,
+        best_score=best_score,
+        stop_reason=stop_reason,
+        history=pd.DataFrame(history),
+    )
