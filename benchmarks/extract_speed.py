@@ -178,7 +178,9 @@ def run_extract(
         root=root,
         out=out,
         backbone=bb,
-        config=ExtractConfig(batch_size=batch, workers=workers, processes=processes, storage_dtype="float32"),
+        config=ExtractConfig(
+            batch_size=batch, workers=workers, processes=processes, compile=False, storage_dtype="float32"
+        ),  # compile=False: this function compiles (or not) itself, as the row says
         progress=False,
     )
     fs = open_feature_set(out)
@@ -217,7 +219,7 @@ from causalclip.features.extract import extract
 from causalclip.features.job import ExtractConfig
 s = pd.read_parquet(sys.argv[3])
 extract(s, root=sys.argv[1], out=sys.argv[2], backbone=load_backbone(sys.argv[4], precision="fp32"),
-        config=ExtractConfig(batch_size=32, shard_size=256, workers=1), progress=False)
+        config=ExtractConfig(batch_size=32, shard_size=256, workers=1, processes=1, compile=False), progress=False)
 # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the parent's size at fork time
 print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
 """

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+import causalclip  # noqa: E402
 from layering import problems  # noqa: E402
 
-import causalclip  # noqa: E402
-
-# Lowest first: the data flow of the toolkit (docs/index.md, "How the package is laid out").
+# Lowest first: the data flow of the toolkit (docs/guides/install.md, "Code layout").
 STAGES = [
     "core",
     "images",
@@ -102,3 +101,19 @@ def test_a_subpackage_missing_from_the_stages_is_reported(tmp_path):
 def test_reversing_the_stages_makes_the_clean_import_upward(tmp_path, stages):
     found = problems(_package(tmp_path, CLEAN), stages)
     assert found and "pkg.high.b (stage high) imports pkg.low.a (stage low)" in found[0]
+
+
+def test_importing_the_package_stays_cheap():
+    """``import causalclip`` loads no numerical library; the API loads on first use and lists what it offers."""
+    import subprocess
+
+    code = (
+        "import sys, causalclip as cc; heavy = [m for m in ('torch', 'numpy', 'pandas') if m in sys.modules]; "
+        "print(heavy); cc.hsic; print('torch' in sys.modules, sorted(set(cc.__all__) - set(dir(cc))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True []"
+    for name in causalclip.__all__:
+        assert getattr(causalclip, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        causalclip.nothing_here  # noqa: B018

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import os
 import sys
 from contextlib import nullcontext
-from typing import IO
+from typing import IO, Any
+
+from ..detect.engine import DetectionEngine
 
 EXIT_OK, EXIT_UNUSABLE, EXIT_FAKE = 0, 1, 3
 MAX_LISTED = 20
@@ -43,6 +46,11 @@ class _Writer:
         else:
             self.out.write(f"{'-':>8}  {'ERROR':<5}  {d.name}  ({d.error})\n")
         self.out.flush()
+
+
+def engine_default(name: str) -> Any:
+    """The default of a :class:`DetectionEngine` option: its signature is the one definition."""
+    return inspect.signature(DetectionEngine).parameters[name].default
 
 
 def _expand_in_order(inputs: list[str]) -> tuple[list[str], list, int, list[int]]:
@@ -160,18 +168,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--crops",
         choices=["center", "grid"],
-        default="center",
+        default=engine_default("crops"),
         help="center: the paper's single centre crop; grid: tiles over the whole image, probabilities averaged "
         "(about one backbone pass per tile)",
     )
-    p.add_argument("--max-crops", type=int, default=16, metavar="N", help="at most N tiles per image with --crops grid")
+    p.add_argument(
+        "--max-crops",
+        type=int,
+        default=engine_default("max_crops"),
+        metavar="N",
+        help="at most N tiles per image with --crops grid (default %(default)s)",
+    )
     p.add_argument("--threshold", type=float, help="label threshold (default: the detector's calibrated one)")
     p.add_argument("--fail-on-fake", action="store_true", help="exit 3 if any image is labelled fake")
     p.add_argument("--backbone", metavar="ID_OR_PATH", help="where the recorded CLIP model is (e.g. a local copy)")
-    p.add_argument("--batch-size", type=int, default=8, help="backbone inputs per pass (8 on CPU; more on a GPU)")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=engine_default("batch_size"),
+        help="backbone inputs per pass (default %(default)s, for a CPU; more on a GPU)",
+    )
+    p.add_argument("--workers", type=int, default=engine_default("workers"), help="decoding threads (%(default)s)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: as the features were made")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=engine_default("device"))
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_detect)

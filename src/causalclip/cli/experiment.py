@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..backbones.clip import DEFAULT_CLIP
 from ..heads.causalclip import ABLATIONS
 from ..heads.registry import HEADS
 from ..paper.experiment import ExtractOptions
@@ -40,27 +39,43 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def _add_extract_args(p: argparse.ArgumentParser) -> None:
+    d = ExtractOptions()  # the one definition of these defaults (its run-time ones come from ExtractConfig)
     g = p.add_argument_group("features (cached; defaults as in `causalclip extract`)")
-    g.add_argument("--backbone", metavar="ID_OR_PATH", help=f"CLIP hub id or local folder (default {DEFAULT_CLIP})")
-    g.add_argument("--feature", choices=["image_embeds", "pooled"])
+    g.add_argument("--backbone", metavar="ID_OR_PATH", help=f"CLIP hub id or local folder (default {d.backbone})")
+    g.add_argument("--feature", choices=["image_embeds", "pooled"], help=f"default {d.feature}")
     g.add_argument("--normalize", action="store_true", default=None, help="L2-normalise the features")
-    g.add_argument("--preprocess", choices=["crop", "clip"], help="crop (default): centre crop, no resize")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    g.add_argument("--dtype", choices=["float16", "float32"], help="storage dtype (default float16)")
-    g.add_argument("--max-per-class", type=int, metavar="N", help="at most N images per class in every set (seeded)")
-    g.add_argument("--data-seed", type=int, metavar="S", help="seed of --max-per-class sampling (default 0)")
     g.add_argument(
-        "--extract-batch-size", type=int, dest="batch_size", metavar="B", help="8 on CPU (default); 256 on a GPU"
+        "--preprocess", choices=["crop", "clip"], help=f"crop: centre crop, no resize (default {d.preprocess})"
     )
-    g.add_argument("--shard-size", type=int, metavar="N")
-    g.add_argument("--workers", type=int, metavar="W", help="image decoding processes (default 1; 0 = in-process)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help=f"default {d.precision}")
+    g.add_argument("--dtype", choices=["float16", "float32"], help=f"storage dtype (default {d.dtype})")
+    g.add_argument("--max-per-class", type=int, metavar="N", help="at most N images per class in every set (seeded)")
+    g.add_argument(
+        "--data-seed", type=int, metavar="S", help=f"seed of --max-per-class sampling (default {d.data_seed})"
+    )
+    g.add_argument(
+        "--extract-batch-size",
+        type=int,
+        dest="batch_size",
+        metavar="B",
+        help=f"default {d.batch_size} (CPU); 256 on a GPU",
+    )
+    g.add_argument("--shard-size", type=int, metavar="N", help=f"default {d.shard_size}")
+    g.add_argument(
+        "--workers", type=int, metavar="W", help=f"image decoding processes (default {d.workers}; 0 = in-process)"
+    )
     g.add_argument(
         "--processes",
         type=processes_arg,
         metavar="N|auto",
-        help="CPU backbone processes (default auto: one per core, at most 4; see `causalclip extract --help`)",
+        help=f"CPU backbone processes (default {d.processes}; see `causalclip extract --help`)",
     )
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"torch.compile the backbone (default {d.compile}: see `causalclip extract --help`)",
+    )
     g.add_argument("--cache", metavar="DIR", help="feature cache folder (default OUT/features); share it between runs")
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from ..backbones.clip import DEFAULT_CLIP, ClipSpec
+from ..features.job import AUTO_COMPILE_MIN_IMAGES, AUTO_PROCESSES_MIN_IMAGES, ExtractConfig
+
 
 def processes_arg(text: str) -> int | str:
     """``--processes``: a positive integer or ``auto``."""
@@ -35,7 +38,6 @@ def _parse_pairs(items: Sequence[str] | None) -> dict[str, tuple[str, str]] | No
 def _cmd_extract(args: argparse.Namespace) -> int:
     from ..backbones.registry import load_backbone
     from ..features.extract import extract
-    from ..features.job import ExtractConfig
     from ..images.layouts import list_samples
     from ..images.transforms import Augmentation, Perturbation
 
@@ -62,17 +64,16 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             actors=args.actors,
             gpus_per_actor=args.gpus_per_actor,
             cpus_per_actor=args.cpus_per_actor,
-            backbone_args={"model": args.backbone, "compile": args.compile, **load_args},
+            backbone_args={"model": args.backbone, "compile": args.compile is True, **load_args},
         )
     else:
-        backbone = load_backbone(
-            args.backbone, device=args.device, precision=args.precision, compile=args.compile, **load_args
-        )
+        backbone = load_backbone(args.backbone, device=args.device, precision=args.precision, **load_args)
     config = ExtractConfig(
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         workers=args.workers,
         processes=args.processes,
+        compile="auto" if args.compile is None else args.compile,
         storage_dtype=args.dtype,
     )
     res = extract(
@@ -90,9 +91,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         engine=args.engine,
         ray_options=ray_options,
     )
+    how = f"{res.processes} process{'es' if res.processes > 1 else ''}{', compiled' if res.compiled else ''}"
     print(
         f"{res.out}: {res.n_ok} of {res.n_planned} images extracted ({res.n_extracted_now} in this run, "
-        f"{res.images_per_s:.2f} images/s); {len(res.errors)} input(s) not used"
+        f"{res.images_per_s:.2f} images/s end to end, {how}); {len(res.errors)} input(s) not used"
     )
     if len(res.errors):
         for reason, count in res.errors["reason"].value_counts().items():
@@ -116,13 +118,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--pair", action="append", metavar="NAME=REAL:FAKE", help="pairs layout: a generator's roots")
     x.add_argument(
         "--backbone",
-        default="openai/clip-vit-large-patch14",
+        default=DEFAULT_CLIP,
         metavar="ID_OR_PATH",
         help="CLIP hub id or local folder (default: CLIP ViT-L/14), or a weight-free spec such as spectrum+npr",
     )
-    x.add_argument("--feature", choices=["image_embeds", "pooled"], default="image_embeds")
+    x.add_argument("--feature", choices=["image_embeds", "pooled"], default=ClipSpec.feature)
     x.add_argument("--normalize", action="store_true", help="L2-normalise the features")
-    x.add_argument("--preprocess", choices=["crop", "clip"], default="crop", help="crop: centre crop, no resize")
+    x.add_argument(
+        "--preprocess",
+        choices=["crop", "clip"],
+        default=ClipSpec.preprocessing_mode,
+        help=f"crop: centre crop, no resize (default {ClipSpec.preprocessing_mode})",
+    )
     x.add_argument("--jpeg", type=int, metavar="Q", help="perturbation: re-encode as JPEG at quality Q")
     x.add_argument("--blur", type=float, metavar="SIGMA", help="perturbation: Gaussian blur (before JPEG)")
     x.add_argument(
@@ -131,20 +138,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--out", required=True, metavar="DIR")
     x.add_argument("--max-per-class", type=int, help="balanced seeded sampling: at most N per generator and class")
     x.add_argument("--seed", type=int, default=0, help="seed of --max-per-class sampling and --augment")
-    x.add_argument("--batch-size", type=int, default=8, help="8 on CPU; 256 on a GPU")
-    x.add_argument("--shard-size", type=int, default=4096)
-    x.add_argument("--workers", type=int, default=1, help="decoding processes (with --processes 1)")
+    x.add_argument(
+        "--batch-size", type=int, default=ExtractConfig.batch_size, help="default %(default)s (CPU); 256 on a GPU"
+    )
+    x.add_argument("--shard-size", type=int, default=ExtractConfig.shard_size, help="default %(default)s")
+    x.add_argument(
+        "--workers", type=int, default=ExtractConfig.workers, help="decoding processes with --processes 1 (%(default)s)"
+    )
     x.add_argument(
         "--processes",
         type=processes_arg,
-        default="auto",
+        default=ExtractConfig.processes,
         metavar="N|auto",
-        help="CPU: backbone processes, each decoding its own batches, threads = cores / N (auto: one per core, "
-        "at most 4; 1 = one process, --workers decode); ignored on a GPU",
+        help="CPU: backbone processes, each decoding its own batches, threads = cores / N (default %(default)s: one "
+        f"per core, at most 4, for jobs of at least {AUTO_PROCESSES_MIN_IMAGES} images; 1 = one process, --workers "
+        "decode); ignored on a GPU",
     )
-    x.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="storage dtype")
+    x.add_argument("--dtype", choices=["float16", "float32"], default=ExtractConfig.storage_dtype, help="storage dtype")
     x.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    x.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    x.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"torch.compile the backbone (default: on CPU, for jobs of at least {AUTO_COMPILE_MIN_IMAGES} images)",
+    )
     x.add_argument("--device", default="cpu")
     x.add_argument("-q", "--quiet", action="store_true")
     r = x.add_argument_group("distributed (--engine ray; docs/guides/distributed.md)")

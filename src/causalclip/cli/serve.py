@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-MIB = 2**20
+from ..serve.limits import DEFAULT_MAX_FILES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES, MIB
+from .detect import engine_default
 
 
 def default_threads() -> int:
@@ -74,16 +75,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("detector", metavar="DETECTOR", help="detector folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=20, metavar="MB", help="largest file accepted (MiB)")
-    p.add_argument("--max-request-mb", type=float, default=64, metavar="MB", help="largest request body (MiB)")
-    p.add_argument("--max-files", type=int, default=32, help="files per request")
-    p.add_argument("--crops", choices=["center", "grid"], default="center", help="as in `causalclip detect`")
-    p.add_argument("--max-crops", type=int, default=16, metavar="N")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_BYTES / MIB,
+        metavar="MB",
+        help="largest file accepted (MiB, default %(default)g)",
+    )
+    p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_BYTES / MIB,
+        metavar="MB",
+        help="largest request body (MiB, default %(default)g)",
+    )
+    p.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="files per request (%(default)s)")
+    p.add_argument(
+        "--crops", choices=["center", "grid"], default=engine_default("crops"), help="as in `causalclip detect`"
+    )
+    p.add_argument("--max-crops", type=int, default=engine_default("max_crops"), metavar="N")
     p.add_argument("--threshold", type=float, help="label threshold (default: the detector's)")
     p.add_argument("--backbone", metavar="ID_OR_PATH", help="where the recorded CLIP model is (e.g. a local copy)")
-    p.add_argument("--batch-size", type=int, default=8, help="backbone inputs per pass")
+    p.add_argument("--batch-size", type=int, default=engine_default("batch_size"), help="backbone inputs per pass")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: as the features were made")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=engine_default("device"))
     p.add_argument("--threads", type=int, help="torch threads on CPU (default: all cores but one)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_cmd_serve)

@@ -6,7 +6,8 @@ import argparse
 import json
 
 from ..heads.causalclip import ABLATIONS
-from ..heads.registry import HEADS
+from ..heads.registry import DEFAULT_HEAD, HEADS
+from ..training.config import TrainConfig
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -37,18 +38,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a head on cached features", description="Train a head on a feature set.")
-    t.add_argument("--head", choices=sorted(HEADS), default="causalclip", help="which head (default: causalclip)")
+    d = TrainConfig()  # the one definition of the training defaults
+    t.add_argument("--head", choices=sorted(HEADS), default=DEFAULT_HEAD, help="which head (default: %(default)s)")
     t.add_argument("--train", required=True, metavar="DIR", help="training feature set")
     t.add_argument("--val", required=True, metavar="DIR", help="validation feature set (early stopping)")
     t.add_argument("--out", required=True, metavar="RUN", help="run folder to create")
     t.add_argument("--config", metavar="FILE", help="JSON or TOML config: [train] and per-head sections")
     t.add_argument("--ablation", choices=sorted(ABLATIONS), help="Table 5 configuration (causalclip head)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. tau=0.5 or train.patience=3")
-    t.add_argument("--epochs", type=int, help="maximum epochs (default 50; early stopping usually ends sooner)")
-    t.add_argument("--batch-size", type=int, help="default 256")
-    t.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
-    t.add_argument("--seed", type=int, help="default 0")
-    t.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
+    t.add_argument(
+        "--epochs", type=int, help=f"maximum epochs (default {d.epochs}; early stopping usually ends sooner)"
+    )
+    t.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    t.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
+    t.add_argument("--seed", type=int, help=f"default {d.seed}")
+    t.add_argument("--device", help=f"{d.device} (default), cuda, cuda:1, ...")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "save_npy", "write_json", "write_text"]
+__all__ = ["atomic_write", "read_json", "save_npy", "write_json", "write_text"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:
@@ -34,6 +34,14 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def write_json(path: str | os.PathLike[str], obj: Any, *, sort_keys: bool = False) -> Path:
     """``obj`` as indented JSON with a final newline (values JSON cannot hold are written as ``str``)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> Any:
+    """The JSON document in ``path``; an unreadable or invalid file raises ``error("<path>: cannot read JSON: ...")``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise error(f"{path}: cannot read JSON: {exc}") from exc
 
 
 def save_npy(path: str | os.PathLike[str], arr: np.ndarray) -> None:

@@ -393,32 +393,37 @@ class DetectionEngine:
 
         An input that cannot be used gets a Detection with ``error`` set (never an exception), like a bad file in
         :meth:`detect_paths`. In-memory images follow the same rules as files (EXIF orientation, alpha on black).
+        Inputs are decoded ``batch_size`` at a time, so memory does not grow with their number.
         """
-        prepared = []
-        for i, item in enumerate(images):
-            if isinstance(item, (str, os.PathLike)):
-                prepared.append(self.prepare(os.fspath(item)))
-                continue
-            name = f"<image {i}>"
-            try:
-                if isinstance(item, Image.Image):
-                    rgb = pil_to_rgb(item, name=getattr(item, "filename", "") or name, max_pixels=self.max_pixels)
-                elif isinstance(item, np.ndarray):
-                    check_rgb(item)
-                    if item.shape[0] * item.shape[1] > self.max_pixels:
-                        raise ValueError(f"{item.shape[0] * item.shape[1]} pixels > max_pixels {self.max_pixels}")
-                    rgb = item
-                else:
-                    raise ValueError(f"expected a path, a PIL image or an RGB array, got {type(item).__name__}")
-                prepared.append(_Prepared(name, self.crops_of(rgb)))
-            except ImageDecodeError as exc:
-                prepared.append(_Prepared(name, None, exc.reason))
-            except ValueError as exc:
-                prepared.append(_Prepared(name, None, str(exc)))
         out: list[Detection] = []
-        for start in range(0, len(prepared), self.batch_size):  # bounded memory: one batch of inputs at a time
-            out += self.score_prepared(prepared[start : start + self.batch_size])
-        return out
+        chunk: list[_Prepared] = []
+        for i, item in enumerate(images):
+            chunk.append(self._prepare_any(i, item))
+            if len(chunk) == self.batch_size:
+                out += self.score_prepared(chunk)
+                chunk = []
+        return out + self.score_prepared(chunk) if chunk else out
+
+    def _prepare_any(self, i: int, item: Any) -> _Prepared:
+        """One input of :meth:`score`, decoded and preprocessed, or the reason it cannot be used."""
+        if isinstance(item, (str, os.PathLike)):
+            return self.prepare(os.fspath(item))
+        name = f"<image {i}>"
+        try:
+            if isinstance(item, Image.Image):
+                rgb = pil_to_rgb(item, name=getattr(item, "filename", "") or name, max_pixels=self.max_pixels)
+            elif isinstance(item, np.ndarray):
+                check_rgb(item)
+                if item.shape[0] * item.shape[1] > self.max_pixels:
+                    raise ValueError(f"{item.shape[0] * item.shape[1]} pixels > max_pixels {self.max_pixels}")
+                rgb = item
+            else:
+                raise ValueError(f"expected a path, a PIL image or an RGB array, got {type(item).__name__}")
+            return _Prepared(name, self.crops_of(rgb))
+        except ImageDecodeError as exc:
+            return _Prepared(name, None, exc.reason)
+        except ValueError as exc:
+            return _Prepared(name, None, str(exc))
 
     def detect_bytes(self, items: Sequence[tuple[str, bytes]]) -> list[Detection]:
         """Uploads (name, file bytes) -> one Detection each, in order."""

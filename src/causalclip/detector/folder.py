@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.io import atomic_write
+from ..core.io import atomic_write, read_json
 from ..features.featureset import open_feature_set
 from ..heads.base import Head
 from ..heads.checkpoint import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, CheckpointError, load_head
@@ -273,10 +273,7 @@ def read_detector(folder: str | os.PathLike[str], *, device: str = "cpu") -> Det
                 f"{folder / name}: missing (a detector folder holds {DETECTOR_NAME}, {CONFIG_NAME}, {WEIGHTS_NAME})"
             )
     path = folder / DETECTOR_NAME
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise DetectorError(f"{path}: cannot read JSON: {exc}") from exc
+    info = read_json(path, DetectorError)
     if not isinstance(info, dict):
         raise DetectorError(f"{path}: the top level must be a JSON object")
     version = info.get("format_version")

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.io import atomic_write
+from ..core.io import atomic_write, read_json
 from ..features.featureset import FeatureSet, open_feature_set
 
 __all__ = [
@@ -229,10 +229,7 @@ def _read_run_config(run: Path) -> dict[str, Any]:
         raise PlotError(f"{run}: not a directory (expected a training run folder)")
     if not cfg.is_file():
         raise PlotError(f"{cfg}: missing (expected a training run folder written by causalclip train)")
-    try:
-        info = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PlotError(f"{cfg}: cannot read JSON: {exc}") from exc
+    info = read_json(cfg, PlotError)
     if not isinstance(info, dict) or "head" not in info:
         raise PlotError(f"{cfg}: no 'head' key (not a causalclip run folder)")
     return info

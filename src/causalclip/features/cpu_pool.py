@@ -143,17 +143,20 @@ def cpu_pool_batches(
     batch_size: int,
     threads: int | None = None,
     on_ready: Callable[[], None] | None = None,
+    compile: bool | None = None,
 ) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
     """Compute ``tasks`` (each a batch of plan rows with their paths) in ``processes`` worker processes; yields
     ``(rows that decoded, their features in the storage dtype, [(row, reason) for rows that did not])`` per batch,
     in completion order. ``decode(row, path)`` and ``collate`` are the extraction's own (picklable) functions.
-    ``on_ready()`` is called once every process has loaded (and, if compiled, compiled) its backbone. Raises
+    ``on_ready()`` is called once every process has loaded (and, if compiled, compiled) its backbone. ``compile``:
+    whether each worker compiles its copy (None: as ``backbone`` is, compiled or not). Raises
     :class:`PoolError` when a worker fails or dies; the batches already yielded are complete."""
     if not tasks:
         return
     processes = max(1, min(processes, len(tasks)))
     threads = threads or max(1, usable_cores() // processes)
     plain, compiled = uncompiled(backbone)
+    compiled = compiled if compile is None else compile
     payload = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
     ctx = mp.get_context("spawn")
     task_q = ctx.Queue()

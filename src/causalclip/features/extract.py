@@ -21,6 +21,7 @@ refused. New images found on a later run are appended to the plan (and to the se
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 from ..backbones.base import Backbone, uncompiled
 from ..images.decode import ImageDecodeError, load_rgb
 from ..images.transforms import Augmentation, Perturbation, Preprocessing
-from .cpu_pool import PoolError, cpu_pool_batches, default_processes, forward_fixed
+from .cpu_pool import PoolError, cpu_pool_batches, forward_fixed
 from .job import (
     ExtractConfig,
     ExtractError,
@@ -203,9 +204,13 @@ def extract(
     device = torch.device(device)
     aug = None if augmentation is None else (augmentation, augment_seed)
     dataset = _Images(root, plan["path"].tolist(), backbone.preprocessing, pert, cfg.max_pixels, aug)
-    processes = default_processes(device) if cfg.processes == "auto" else cfg.processes
-    if device.type != "cpu":
-        processes = 1
+    processes, compile_ = cfg.resolved(n_todo, len(batches), device)
+    plain, was_compiled = uncompiled(backbone)
+    compile_ = compile_ and "model" in plain._modules  # weight-free forensic backbones have no network to compile
+    if compile_ and not was_compiled and processes == 1:  # a compiled copy; the caller's backbone is left as it is
+        backbone = copy.copy(plain)
+        backbone._modules = {**plain._modules, "model": torch.compile(plain.model)}
+    compiled = compile_ or was_compiled
     storage = np.dtype(cfg.storage_dtype)
     done, ready = [0], {}
 
@@ -223,9 +228,10 @@ def extract(
             storage=cfg.storage_dtype,
             batch_size=cfg.batch_size,
             on_ready=on_ready,
+            compile=compiled,
         )
     else:
-        fixed = cfg.batch_size if uncompiled(backbone)[1] else None
+        fixed = cfg.batch_size if compiled else None
         source = _computed(backbone, _loader(dataset, batches, cfg, device), device, storage, fixed)
     pending = {k: {"rows": [], "feats": [], "errors": [], "seen": 0, "start": a, "stop": b} for k, a, b in todo}
     shard_of = {k: (a, b) for k, a, b in todo}
@@ -270,4 +276,6 @@ def extract(
         # several processes, but the job ended before every one was ready: no steady-state figure (NaN)
         startup_seconds=ready["t"] - t0 if ready else (seconds if processes > 1 and batches else 0.0),
         n_after_startup=n_todo - ready["n"] if ready else (0 if processes > 1 and batches else None),
+        processes=processes,
+        compiled=compiled and bool(batches),
     )

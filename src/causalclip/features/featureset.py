@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.io import atomic_write, save_npy
+from ..core.io import atomic_write, read_json, save_npy
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -107,10 +107,7 @@ def _read_meta(root: Path) -> dict[str, Any]:
     path = root / "meta.json"
     if not path.is_file():
         raise FeatureSetError(f"{path}: missing; a feature set needs meta.json with at least 'dim' and 'dtype'")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise FeatureSetError(f"{path}: cannot read JSON: {exc}") from exc
+    meta = read_json(path, FeatureSetError)
     if not isinstance(meta, dict):
         raise FeatureSetError(f"{path}: the top level must be an object")
     for key in ("dim", "dtype"):

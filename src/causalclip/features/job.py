@@ -14,11 +14,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..backbones.base import Backbone
 from ..core.io import atomic_write
 from ..images.decode import DEFAULT_MAX_PIXELS
 from ..images.transforms import Augmentation, Perturbation
+from .cpu_pool import default_processes
 from .featureset import FeatureSetError, open_feature_set
 
 log = logging.getLogger("causalclip")
@@ -39,20 +41,50 @@ class ExtractError(RuntimeError):
     """An extraction job cannot run (e.g. its output folder holds features made differently)."""
 
 
+# ``compile="auto"`` compiles the backbone (torch.compile) for CPU jobs of at least this many images. Compiling costs
+# a start-up of 24-54 s and made the bf16 ViT-L/14 forward about 1.4x faster on the 2-core development VM (steady
+# 4.26-5.29 images/s compiled against 2.78-3.88 eager with two processes; docs/reports/extraction-speed.md), so it
+# pays back after roughly 40 s / (1/3.3 - 1/4.8) s per image ~ 420 images; a GPU job compiles only when asked.
+AUTO_COMPILE_MIN_IMAGES = 500
+# ``processes="auto"`` starts several backbone processes only for jobs of at least this many images: each worker
+# first imports torch and receives its copy of the backbone (a few seconds), which a job of a few batches never
+# earns back.
+AUTO_PROCESSES_MIN_IMAGES = 64
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExtractConfig:
-    batch_size: int = (
-        8  # best for ViT-L/14 in bf16 on the 2-core CPU (docs/reports/extraction-speed.md); use 256 on a GPU
-    )
+    """How an extraction job runs; none of it changes the features (job.json records what does)."""
+
+    # best for ViT-L/14 in bf16 on the 2-core CPU (docs/reports/extraction-speed.md); use 256 on a GPU
+    batch_size: int = 8
     shard_size: int = 4096
     # DataLoader worker processes that decode and preprocess while the backbone computes (0 = in-process).
     workers: int = 1
     # CPU only: processes that each hold a copy of the backbone and take the next batch when free, decoding it
     # themselves (``workers`` is then unused); threads per process = usable cores // processes. "auto": one per
-    # core up to 4 (causalclip.features.cpu_pool; 1.3-1.8x faster than one 2-thread process on the development VM).
-    processes: int | Literal["auto"] = 1
+    # core up to 4, never more than there are batches, and one for jobs under AUTO_PROCESSES_MIN_IMAGES images
+    # (causalclip.features.cpu_pool; 1.3-1.8x faster than one 2-thread process on the development VM); 1 on a GPU.
+    processes: int | Literal["auto"] = "auto"
+    # torch.compile the backbone for this job: "auto" compiles CPU jobs of at least AUTO_COMPILE_MIN_IMAGES images
+    # still to extract. A backbone that was compiled when loaded stays compiled.
+    compile: bool | Literal["auto"] = "auto"
     storage_dtype: Literal["float16", "float32"] = "float16"
     max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def resolved(self, n_images: int, n_batches: int, device: torch.device) -> tuple[int, bool]:
+        """(processes, compile) for a job of ``n_images`` still to extract in ``n_batches`` batches."""
+        if device.type != "cpu":
+            processes = 1
+        elif self.processes == "auto":
+            processes = 1 if n_images < AUTO_PROCESSES_MIN_IMAGES else max(1, min(default_processes(device), n_batches))
+        else:
+            processes = self.processes
+        if self.compile == "auto":
+            compile_ = device.type == "cpu" and n_images >= AUTO_COMPILE_MIN_IMAGES
+        else:
+            compile_ = bool(self.compile)
+        return processes, compile_
 
 
 @dataclass
@@ -67,6 +99,8 @@ class ExtractResult:
     # images that were processed after that moment
     startup_seconds: float = 0.0
     n_after_startup: int | None = None
+    processes: int = 1  # backbone processes this call used
+    compiled: bool = False  # whether the backbone ran compiled in this call
 
     @property
     def images_per_s(self) -> float:
@@ -244,6 +278,8 @@ def check_request(samples: pd.DataFrame, cfg: ExtractConfig) -> None:
         raise ExtractError("batch_size and shard_size must be positive")
     if cfg.processes != "auto" and (not isinstance(cfg.processes, int) or cfg.processes < 1):
         raise ExtractError(f"processes must be a positive integer or 'auto', got {cfg.processes!r}")
+    if cfg.compile not in ("auto", True, False):
+        raise ExtractError(f"compile must be True, False or 'auto', got {cfg.compile!r}")
 
 
 def job_identity(

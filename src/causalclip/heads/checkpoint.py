@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..core.config import config_to_dict
-from ..core.io import atomic_write
+from ..core.io import atomic_write, read_json
 from .base import Head
 from .registry import build_head
 
@@ -84,10 +84,7 @@ def load_head(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedH
         raise CheckpointError(f"{w_path}: missing")
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing")
-    try:
-        info = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path}: cannot read JSON: {exc}") from exc
+    info = read_json(cfg_path, CheckpointError)
     for key in ("head", "head_config", "dim"):
         if key not in info:
             raise CheckpointError(f"{cfg_path}: missing key {key!r}")

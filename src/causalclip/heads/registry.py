@@ -10,9 +10,10 @@ from .causalclip import CausalCLIPHead
 from .linear import LinearProbeHead
 from .vib import VIBHead
 
-__all__ = ["HEADS", "build_head", "register_head"]
+__all__ = ["DEFAULT_HEAD", "HEADS", "build_head", "register_head"]
 
 HEADS: dict[str, type[Head]] = {}
+DEFAULT_HEAD = "causalclip"  # the method this toolkit implements; UnivFD and VIB-Net are its baselines
 
 
 def register_head(cls: type[Head]) -> type[Head]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.io import atomic_write
+from ..core.io import atomic_write, read_json
 from .errors import MetricsError
 
 __all__ = [
@@ -220,10 +220,7 @@ def read_threshold(run: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = Path(run) / THRESHOLD_NAME
     if not path.is_file():
         return None
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"{path}: cannot read JSON: {exc}") from exc
+    rec = read_json(path, CalibrationError)
     return _validate_record(rec, path)
 
 
@@ -238,10 +235,7 @@ def stored_threshold(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         return rec
     det = folder / "detector.json"
     if det.is_file():
-        try:
-            info = json.loads(det.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise CalibrationError(f"{det}: cannot read JSON: {exc}") from exc
+        info = read_json(det, CalibrationError)
         cal = dict(info.get("calibration") or {}) if isinstance(info, dict) else {}
         if cal.get("method", "default") != "default":
             cal["threshold"] = info.get("threshold")

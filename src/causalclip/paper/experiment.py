@@ -103,15 +103,16 @@ class ExtractOptions:
     normalize: bool = False
     preprocess: Literal["crop", "clip"] = "crop"
     precision: str = "auto"
-    dtype: Literal["float16", "float32"] = "float16"
+    dtype: Literal["float16", "float32"] = ExtractConfig.storage_dtype
     max_per_class: int | None = None  # cap per set and class (seeded balanced sampling); None = every image
     data_seed: int = 0  # seed of that sampling
-    batch_size: int = 8
-    shard_size: int = 4096
-    workers: int = 1
-    processes: int | Literal["auto"] = "auto"  # CPU backbone processes (ExtractConfig.processes)
+    # how the extraction runs (not part of the features' identity); defaults are ExtractConfig's
+    batch_size: int = ExtractConfig.batch_size
+    shard_size: int = ExtractConfig.shard_size
+    workers: int = ExtractConfig.workers
+    processes: int | Literal["auto"] = ExtractConfig.processes
     device: str = "cpu"
-    compile: bool = False
+    compile: bool | Literal["auto"] = ExtractConfig.compile
 
     def __post_init__(self) -> None:
         if os.path.isdir(os.path.expanduser(self.backbone)):  # one spelling per local folder, wherever we run
@@ -252,6 +253,7 @@ class FeatureCache:
                 shard_size=o.shard_size,
                 workers=o.workers,
                 processes=o.processes,
+                compile=o.compile,
                 storage_dtype=o.dtype,
             ),
             ignored=listing.ignored,
@@ -294,7 +296,6 @@ def _load_backbone(o: ExtractOptions) -> Backbone:
         o.backbone,
         device=o.device,
         precision=o.precision,
-        compile=o.compile,
         feature=o.feature,
         normalize=o.normalize,
         preprocessing_mode=o.preprocess,

@@ -29,12 +29,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..core.version import __version__
 from ..detect.engine import DetectionEngine
 from ..images.decode import DEFAULT_MAX_PIXELS
+from .limits import DEFAULT_MAX_FILES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES
 
 __all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
 
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20  # per file
-DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20  # per request, all parts and multipart framing together
-DEFAULT_MAX_FILES = 32
 # The page is self-contained: the browser may load nothing but this server's API and the local previews.
 PAGE_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob: data:; "

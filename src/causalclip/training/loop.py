@@ -30,7 +30,7 @@ from ..features.featureset import FeatureSet, open_feature_set
 from ..heads.base import Head
 from ..heads.checkpoint import save_head
 from ..heads.predict import FEATURE_KEYS, feature_description, predict
-from ..heads.registry import build_head
+from ..heads.registry import DEFAULT_HEAD, build_head
 from ..metrics.binary import binary_metrics
 from ..metrics.thresholds import calibration_record, write_threshold
 from .config import RunConfig, resolve_run_config
@@ -83,7 +83,7 @@ def train(
     val_set: FeatureSet | str | os.PathLike[str],
     out: str | os.PathLike[str],
     run_config: RunConfig | None = None,
-    head: str = "causalclip",
+    head: str = DEFAULT_HEAD,
     progress: bool = True,
     overwrite: bool = False,
 ) -> TrainResult:
