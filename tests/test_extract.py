@@ -24,6 +24,7 @@ from causalclip.cli.main import main  # noqa: E402
 from causalclip.features.extract import extract  # noqa: E402
 from causalclip.features.job import ExtractConfig, ExtractError  # noqa: E402
 from causalclip.images.decode import load_rgb  # noqa: E402
+from causalclip.images.layouts import list_samples  # noqa: E402
 from causalclip.images.transforms import Perturbation, Preprocessing  # noqa: E402
 from conftest import TINY_VISION  # noqa: E402
 
@@ -340,6 +341,69 @@ def test_crash_between_shard_files_is_recovered(tiny_clip, image_tree, tmp_path,
     assert res.n_extracted_now == len(samples) - 6
     fs = open_feature_set(tmp_path / "x")
     assert list(fs.paths) == list(samples["path"])
+
+
+def write_images(root, names, *, seed):
+    rng = np.random.default_rng(seed)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / name)
+
+
+def test_resume_after_the_dataset_grew(tiny_clip, tmp_path):
+    """Images added to the dataset after a finished run: the same command extends the set. With shards of 4, the
+    first 6 images leave shard 1 part-full (rows 4-5); after 5 more files, shard 1 covers rows 4-7 and is redone,
+    shard 2 (rows 8-10) is new, shard 0 is kept. Every listed image ends up in the set exactly once, in plan order
+    (the first listing, then the new images), with the features of a fresh extraction."""
+    root = tmp_path / "data"
+    write_images(root, [f"{c}/{n}.png" for c in ("real", "fake") for n in "bdf"], seed=0)
+    cfg = ExtractConfig(batch_size=3, shard_size=4, workers=0, storage_dtype="float32")
+    bb = load_backbone(str(tiny_clip), precision="fp32")
+    first = list_samples(root, "folders").samples
+    res = extract(first, root=root, out=tmp_path / "grown", backbone=bb, config=cfg, progress=False)
+    assert res.n_ok == 6 and len(open_feature_set(tmp_path / "grown").meta["shards"]) == 2
+
+    # the new files sort between the old ones in the listing; the plan appends them
+    write_images(root, ["real/a.png", "real/e.png", "fake/c.png", "fake/g.png", "fake/h.png"], seed=1)
+    grown = list_samples(root, "folders").samples
+    assert len(grown) == 11 and set(first["path"]) < set(grown["path"])
+    res = extract(grown, root=root, out=tmp_path / "grown", backbone=bb, config=cfg, progress=False)
+    assert res.n_planned == res.n_ok == 11 and len(res.errors) == 0
+    assert res.n_extracted_now == 7  # shard 0 kept; shard 1 redone with its new range; shard 2 new
+    fs = open_feature_set(tmp_path / "grown")
+    assert sorted(fs.paths) == sorted(grown["path"])  # each listed image exactly once
+    plan_order = pd.concat([first, grown[~grown["path"].isin(first["path"])]], ignore_index=True)
+    assert list(fs.paths) == list(plan_order["path"]) and list(fs.labels) == list(plan_order["label"])
+    assert len(fs.meta["shards"]) == 3
+
+    extract(plan_order, root=root, out=tmp_path / "fresh", backbone=bb, config=cfg, progress=False)
+    ref = open_feature_set(tmp_path / "fresh")
+    pd.testing.assert_frame_equal(fs.samples, ref.samples)
+    np.testing.assert_array_equal(fs.take(np.arange(len(fs))), ref.take(np.arange(len(ref))))
+
+
+def test_a_listing_without_new_images_changes_nothing(tiny_clip, tmp_path):
+    """The plan only grows: a later listing in another order, or without some planned images (files deleted),
+    extracts nothing and leaves the set as it was, in the first run's order; images no longer listed stay in it."""
+    root = tmp_path / "data"
+    write_images(root, [f"{c}/{n}.png" for c in ("real", "fake") for n in "abc"], seed=0)
+    cfg = ExtractConfig(batch_size=3, shard_size=4, workers=0, storage_dtype="float32")
+    bb = load_backbone(str(tiny_clip), precision="fp32")
+    listing = list_samples(root, "folders").samples
+    extract(listing, root=root, out=tmp_path / "f", backbone=bb, config=cfg, progress=False)
+    before = open_feature_set(tmp_path / "f")
+    x = before.take(np.arange(len(before)))
+
+    (root / "real" / "b.png").unlink()
+    (root / "fake" / "c.png").unlink()
+    shrunk = list_samples(root, "folders").samples
+    assert len(shrunk) == 4
+    for later in (listing.iloc[::-1], shrunk, shrunk.iloc[::-1]):
+        res = extract(later, root=root, out=tmp_path / "f", backbone=bb, config=cfg, progress=False)
+        assert res.n_extracted_now == 0 and res.n_planned == res.n_ok == 6 and len(res.errors) == 0
+        after = open_feature_set(tmp_path / "f")
+        pd.testing.assert_frame_equal(after.samples, before.samples)
+        np.testing.assert_array_equal(after.take(np.arange(len(after))), x)
 
 
 def test_training_augmentation_is_deterministic_per_image(tiny_clip, image_tree, tmp_path):

@@ -61,7 +61,11 @@ def test_a_clean_package_passes(tmp_path):
 def test_a_cycle_through_an_import_inside_a_function_is_found(tmp_path):
     pkg = _package(
         tmp_path,
-        {**CLEAN, "low/c.py": "def f():\n    from .d import Y\n    return Y\n", "low/d.py": "from .c import f\nY = 1\n"},
+        {
+            **CLEAN,
+            "low/c.py": "def f():\n    from .d import Y\n    return Y\n",
+            "low/d.py": "from .c import f\nY = 1\n",
+        },
     )
     found = problems(pkg, ["low", "high"])
     assert found == ["import cycle: pkg.low.c -> pkg.low.d -> pkg.low.c"]
