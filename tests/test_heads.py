@@ -113,8 +113,9 @@ def test_phase_order_and_ablation_structure():
     logs_m = [
         logs for _, _, logs in build_head("causalclip", dim=DIM, config=ABLATIONS["masking"]).training_phases(e, y)
     ]
-    assert "hsic" in logs_f[-1] and "l1" in logs_f[-1] and "inv" not in logs_f[0]
-    assert "hsic" not in logs_m[-1] and "inv" in logs_m[1]
+    dep = CausalCLIPConfig().independence  # the logged independence term: "nhsic" by default, "hsic" as in Eq. 10
+    assert dep in logs_f[-1] and "l1" in logs_f[-1] and "inv" not in logs_f[0]
+    assert dep not in logs_m[-1] and "inv" in logs_m[1]
 
 
 def test_ablation_none_is_a_linear_probe_on_e():
@@ -219,3 +220,60 @@ def test_univfd_init():
     assert head.fc.weight.std().item() == pytest.approx(0.02, rel=0.1)
     assert head.fc.bias.item() == 0.0
     assert head.optimizer_name() == "adamw"
+
+
+def _bce_numpy(logits: np.ndarray, y: np.ndarray) -> float:
+    p = 1 / (1 + np.exp(-logits))
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def test_counterfactual_kl_equals_the_bernoulli_kl_computed_by_hand(monkeypatch):
+    """L_inv (Eq. 11-12) on a batch where dropping dimensions changes h's output: it is positive and equals the
+    Bernoulli KL between sigmoid(h(Zc)) and sigmoid(h(Zc * keep)), computed in NumPy from the keep mask the head
+    drew, both as logged in the classifier phase and inside the classifier and mask (Eq. 13) losses."""
+    alpha, beta, p_drop = 0.5, 2.0, 0.5
+    torch.manual_seed(0)
+    # noise "none" and no L1/HSIC: Zc is a deterministic function of E and Eq. 13 has only three terms, with the
+    # adversarial term as printed (-alpha L_adv), whatever the default adv_loss.
+    cfg = {"noise": "none", "p": p_drop, "alpha": alpha, "beta": beta, "lambda1": 0.0, "lambda2": 0.0}
+    cfg["adv_loss"] = "paper"
+    head = build_head("causalclip", dim=DIM, config=cfg).double()
+    with torch.no_grad():
+        head.h.weight.normal_(0.0, 1.0)  # large logits: dropping half of Zc moves h's output a lot
+    head.train()
+    e, y = batch()
+    e = e.double()
+    draws = []
+    rand_like = torch.rand_like
+
+    def recording_rand_like(*args, **kwargs):
+        u = rand_like(*args, **kwargs)
+        draws.append(u)
+        return u
+
+    monkeypatch.setattr(torch, "rand_like", recording_rand_like)
+    phases = {group: (loss, logs) for group, loss, logs in head.training_phases(e, y)}
+    monkeypatch.undo()
+    assert len(draws) == 1, "B is drawn once per step"
+    keep = (draws[0] >= p_drop).double().numpy()  # keep = 1 - B, B ~ Bernoulli(p)
+
+    # By hand, from the weights: M = sigmoid(MLP(E)) (tau 1, no noise), h and d are read as plain matrices.
+    with torch.no_grad():
+        m = torch.sigmoid(head.mask_net(e)).numpy()
+    en, yn = e.numpy(), y.numpy().astype(float)
+    zc, znc = m * en, (1 - m) * en
+    w, b = head.h.weight.detach().numpy()[0], head.h.bias.detach().numpy()[0]
+    a, c = zc @ w + b, (zc * keep) @ w + b  # h(Zc), h(Zc * keep)
+    assert np.abs(a - c).mean() > 0.5  # the intervention changes the prediction
+    pa, pc = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-c))
+    kl = float(np.mean(pa * np.log(pa / pc) + (1 - pa) * np.log((1 - pa) / (1 - pc))))
+    assert kl > 0.05
+
+    cls_loss, cls_logs = phases["classifier"]
+    assert cls_logs["inv"].item() == pytest.approx(kl, rel=1e-9)
+    assert cls_loss.item() == pytest.approx(_bce_numpy(a, yn) + beta * kl, rel=1e-9)
+    with torch.no_grad():
+        d_logits = head.d(torch.from_numpy(znc)).squeeze(-1).numpy()
+    total, _ = phases["mask"]
+    expect = _bce_numpy(a, yn) - alpha * _bce_numpy(d_logits, yn) + beta * kl
+    assert total.item() == pytest.approx(expect, rel=1e-9)

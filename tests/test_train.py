@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import causalclip
 from causalclip import (
     CheckpointError,
     ConfigError,
@@ -23,7 +24,7 @@ from causalclip import (
 )
 from causalclip.heads.checkpoint import save_head
 
-QUICK = {"epochs": 3, "nc_probe_every": 1, "batch_size": 64}
+QUICK = {"epochs": 3, "nc_probe_every": 1, "batch_size": 64, "min_epochs": 1}
 
 
 def test_same_seed_gives_identical_metrics(scm_sets, tmp_path):
@@ -54,7 +55,8 @@ def test_run_folder_is_complete_and_reloadable(scm_sets, tmp_path, head):
     assert list(metrics["epoch"]) == [1, 2, 3]
     assert {"val_ap", "val_acc", "train_cls", "samples_per_s"} <= set(metrics.columns)
     if head == "causalclip":
-        assert {"mask_mean", "mask_frac_above_half", "hsic", "adv_acc", "nc_probe_acc"} <= set(metrics.columns)
+        assert {"mask_mean", "mask_frac_above_half", "hsic", "nhsic", "adv_acc", "nc_probe_acc"} <= set(metrics.columns)
+        assert {"grad_cls", "grad_adv", "grad_inv", "grad_l1", "grad_indep"} <= set(metrics.columns)
         sel = pd.read_csv(run / "mask_selection.csv")
         assert len(sel) == 48 and sel["frequency"].between(0, 1).all()
         assert np.load(run / "mask_frequency.npy").shape == (3, 48)
@@ -63,7 +65,7 @@ def test_run_folder_is_complete_and_reloadable(scm_sets, tmp_path, head):
     loaded = load_head(run)
     fs = open_feature_set(scm_sets["val"])
     np.testing.assert_array_equal(predict(loaded.head, fs), predict(res.head, fs))
-    best = metrics.loc[metrics["val_ap"].idxmax(), "epoch"]
+    best = metrics.loc[metrics["val_ap"] == metrics["val_ap"].max(), "epoch"].max()  # ties: the later epoch
     assert res.best_epoch == best
     assert loaded.info["features"]["backbone"]["name"] == "synthetic-scm"
 
@@ -98,16 +100,17 @@ def test_early_stopping_decays_lr_then_stops(tmp_path):
     df = make_samples(200)
     x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32) + 20.0 * df["label"].to_numpy()[:, None]
     easy = write_feature_set(tmp_path / "easy", x, df)
-    rc = resolve_run_config("univfd", overrides={"epochs": 50, "lr": 1e-4, "patience": 2, "min_lr": 1e-6})
+    once = {"min_epochs": 1}  # every epoch may be selected and counted towards patience
+    rc = resolve_run_config("univfd", overrides={"epochs": 50, "lr": 1e-4, "patience": 2, "min_lr": 1e-6, **once})
     res = train(train_set=easy, val_set=easy, out=tmp_path / "d", run_config=rc, progress=False)
     # epochs 1..3 at 1e-4, 4..5 at 1e-5, 6..7 at 1e-6, then 1e-7 < min_lr: stop after epoch 7
     assert list(res.history["lr"]) == pytest.approx([1e-4] * 3 + [1e-5] * 2 + [1e-6] * 2, rel=1e-12)
-    assert res.best_epoch == 1 and "plateau" in res.stop_reason
-    rc = resolve_run_config("univfd", overrides={"epochs": 50, "patience": 2, "lr_decay_on_plateau": False})
+    assert res.best_epoch == 7 and "plateau" in res.stop_reason  # every epoch ties at AP 1: the last one is kept
+    rc = resolve_run_config("univfd", overrides={"epochs": 50, "patience": 2, "lr_decay_on_plateau": False, **once})
     res = train(train_set=easy, val_set=easy, out=tmp_path / "z", run_config=rc, progress=False)
     assert len(res.history) == 3 and "no val ap improvement for 2 epochs" in res.stop_reason
     # on the saturated AP, validation loss still improves: the best epoch is the one with the lowest loss
-    rc = resolve_run_config("univfd", overrides={"epochs": 6, "lr": 1e-3, "early_stop_metric": "loss"})
+    rc = resolve_run_config("univfd", overrides={"epochs": 6, "lr": 1e-3, "early_stop_metric": "loss", **once})
     res = train(train_set=easy, val_set=easy, out=tmp_path / "l", run_config=rc, progress=False)
     assert res.best_epoch == int(res.history["val_loss"].idxmin()) + 1 and res.best_epoch > 1
 
@@ -209,3 +212,105 @@ def test_train_refuses_mismatched_or_one_class_sets(scm_sets, tmp_path):
     )
     with pytest.raises(ValueError, match="made differently"):
         train(train_set=scm_sets["train"], val_set=diff, out=tmp_path / "z", progress=False)
+
+
+def test_selection_waits_for_min_epochs_and_takes_the_later_epoch_on_ties(tmp_path):
+    """On a set every epoch separates perfectly (validation AP 1.0 throughout), the saved epoch is the last one,
+    and never one before min_epochs even when an earlier epoch scored higher."""
+    from causalclip import write_feature_set
+    from conftest import make_samples
+
+    rng = np.random.default_rng(0)
+    df = make_samples(200)
+    x = rng.normal(size=(200, 8)).astype(np.float32) + 6.0 * df["label"].to_numpy()[:, None]
+    fs = write_feature_set(tmp_path / "easy", x, df, meta={"backbone": {"name": "test"}})
+    rc = resolve_run_config("univfd", overrides={"epochs": 4, "min_epochs": 2, "batch_size": 50, "lr": 1e-2})
+    res = train(train_set=fs, val_set=fs, out=tmp_path / "run", run_config=rc, progress=False)
+    assert (res.history["val_ap"] == 1.0).all()
+    assert res.best_epoch == 4
+    rc = resolve_run_config("univfd", overrides={"epochs": 6, "min_epochs": 5, "batch_size": 50, "lr": 1e-2})
+    res = train(train_set=fs, val_set=fs, out=tmp_path / "run5", run_config=rc, progress=False)
+    assert res.best_epoch >= 5
+
+
+def test_real_loop_moves_only_the_phase_groups_parameters(tiny_set, tmp_path, monkeypatch):
+    """The real ``train`` (not a re-implementation of its loop): in each phase exactly one optimiser steps, the
+    phase's own, and it moves all of that group's parameters and nothing else; in particular the mask phase
+    never moves h or d, and h changes only in the classifier phase. Spied on from inside: the head's
+    ``training_phases`` snapshots every parameter at each phase boundary (after the loop has stepped), and a
+    global optimiser step hook records which optimiser stepped during which phase."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from causalclip.heads.causalclip import CausalCLIPHead
+
+    original = CausalCLIPHead.training_phases
+    state: dict = {"phase": None, "last": None, "owner": None, "head": None}
+    moves: list[tuple[str, set[str]]] = []  # (phase or "between batches", names of the parameters it changed)
+    steps: list[tuple[str | None, str]] = []  # (phase in progress, group of the optimiser that stepped)
+
+    def snapshot(head):
+        return {n: p.detach().clone() for n, p in head.named_parameters()}
+
+    def changed(a, b):
+        return {n for n in a if not torch.equal(a[n], b[n])}
+
+    def spy(self, e, y):
+        state["head"] = self
+        ids = {id(p): n for n, p in self.named_parameters()}
+        state["owner"] = {ids[id(p)]: g for g, ps in self.param_groups().items() for p in ps}
+        before = snapshot(self)
+        if state["last"] is not None:
+            moves.append(("between batches", changed(state["last"], before)))
+        for group, loss, logs in original(self, e, y):
+            state["phase"] = group
+            yield group, loss, logs  # the loop runs backward and steps here
+            after = snapshot(self)
+            moves.append((group, changed(before, after)))
+            before = after
+        state["phase"], state["last"] = None, before
+
+    def on_step(opt, args, kwargs):
+        params = [q for pg in opt.param_groups for q in pg["params"]]
+        names = {n for n, p in state["head"].named_parameters() if any(p is q for q in params)}
+        if names:  # an optimiser of the head's (not, e.g., one inside a metric)
+            groups = {state["owner"][n] for n in names}
+            assert len(groups) == 1, f"one optimiser spans the groups {groups}"
+            steps.append((state["phase"], groups.pop()))
+
+    monkeypatch.setattr(CausalCLIPHead, "training_phases", spy)
+    handle = register_optimizer_step_post_hook(on_step)
+    try:
+        rc = resolve_run_config(
+            "causalclip", overrides={"epochs": 1, "batch_size": 16, "lr": 1e-2, "nc_probe_every": 0}
+        )
+        res = train(train_set=tiny_set, val_set=tiny_set, out=tmp_path / "r", run_config=rc, progress=False)
+    finally:
+        handle.remove()
+
+    owner = state["owner"]
+    members = {g: {n for n, gg in owner.items() if gg == g} for g in ("adversary", "classifier", "mask")}
+    assert members["classifier"] == {"h.weight", "h.bias"} and members["adversary"] and members["mask"]
+    phases = [p for p, _ in moves if p != "between batches"]
+    assert phases == ["adversary", "classifier", "mask"] * 4  # 64 samples in batches of 16
+    for phase, names in moves:
+        if phase == "between batches":
+            assert not names, f"parameters changed between two batches: {sorted(names)}"
+        else:
+            assert names == members[phase], f"{phase} phase changed {sorted(names)}, expected {sorted(members[phase])}"
+    # Nothing moves after the last phase either: the returned head (epoch 1, the best) is the last snapshot.
+    final = snapshot(res.head)
+    assert not changed(final, state["last"])
+    assert steps == [(p, p) for p in phases], "each phase steps exactly its own group's optimiser, once"
+
+
+def test_code_revision_outside_a_git_checkout_names_the_version(monkeypatch):
+    """An installed wheel has no git checkout: the run records the package version instead (and does not fail)."""
+    import subprocess
+
+    from causalclip.core import revision
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert revision.code_revision() == f"causalclip {causalclip.__version__} (not a git checkout)"

@@ -15,7 +15,7 @@ def _cmd_mask_report(args: argparse.Namespace) -> int:
     last = table.iloc[-1]
     parts = [
         f"{name} {last[name]:.4g}"
-        for name in ("mask_dims_selected", "hsic", "adv_acc", "nc_probe_acc")
+        for name in ("mask_dims_selected", "nhsic", "adv_acc", "nc_probe_acc", "grad_cls", "grad_indep")
         if name in table.columns and pd.notna(last[name])
     ]
     print(f"{args.run}: {len(table)} epoch(s); last epoch: " + ", ".join(parts))

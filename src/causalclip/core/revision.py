@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from .version import __version__
+
 
 def code_revision() -> str:
     """The git commit of the causalclip source (with ``-dirty`` for uncommitted changes), if it is a checkout."""
@@ -27,6 +29,4 @@ def code_revision() -> str:
                 return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    from . import __version__
-
     return f"causalclip {__version__} (not a git checkout)"

@@ -41,10 +41,18 @@ MASK_COLUMNS = (
     "mask_frac_above_half",
     "mask_dims_selected",
     "hsic",
+    "nhsic",
     "adv_acc",
     "nc_probe_acc",
     "c_probe_acc",
+    # the norm of the gradient each weighted term of L_total sends to the mask network (CausalCLIPHead)
+    "grad_cls",
+    "grad_adv",
+    "grad_inv",
+    "grad_l1",
+    "grad_indep",
 )
+GRAD_COLUMNS = tuple(c for c in MASK_COLUMNS if c.startswith("grad_"))
 _IMAGE_SUFFIXES = {".png", ".svg", ".pdf"}
 _REAL, _FAKE = "#1f77b4", "#d62728"
 
@@ -345,13 +353,15 @@ def mask_report(run_dir: PathLike, out_dir: PathLike, *, top_k: int = 20) -> lis
     with _style():
         from matplotlib.ticker import MaxNLocator
 
-        fig = _figure((9.0, 6.4))
-        axes = fig.subplots(2, 2)
+        fig = _figure((9.0, 9.2))
+        axes = fig.subplots(3, 2)
         panels = [
             (axes[0, 0], "mask sparsity", ["mask_mean", "mask_frac_above_half"], (0, 1)),
             (axes[0, 1], f"selected dimensions (of d = {dim})", ["mask_dims_selected"], (0, dim)),
-            (axes[1, 0], "HSIC(Zc, Znc)", ["hsic"], None),
+            (axes[1, 0], "HSIC(Zc, Znc) (the paper's, biased)", ["hsic"], None),
             (axes[1, 1], "label information (accuracy)", ["adv_acc", "nc_probe_acc", "c_probe_acc"], (0, 1.02)),
+            (axes[2, 0], "gradient norm on the mask, per term", list(GRAD_COLUMNS), "log"),
+            (axes[2, 1], "normalised HSIC(Zc, Znc)", ["nhsic"], (0, 1)),
         ]
         for ax, ptitle, series, ylim in panels:
             drawn = 0
@@ -370,7 +380,10 @@ def mask_report(run_dir: PathLike, out_dir: PathLike, *, top_k: int = 20) -> lis
                 ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
             if best_epoch is not None:
                 ax.axvline(best_epoch, color="black", linestyle=":", linewidth=0.8)
-            if ylim is not None:
+            if ylim == "log":
+                if drawn:
+                    ax.set_yscale("log")
+            elif ylim is not None:
                 ax.set_ylim(*ylim)
             ax.set_title(ptitle)
             ax.set_xlabel("epoch")

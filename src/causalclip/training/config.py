@@ -30,6 +30,10 @@ class TrainConfig:
     # Validation metric for early stopping and for choosing the saved epoch. "loss" (validation BCE, lower is
     # better) keeps discriminating after AP saturates near 1 on the training generator.
     early_stop_metric: Literal["ap", "acc", "loss"] = "ap"
+    # The saved epoch is never earlier than this, and early stopping cannot end the run before it: in-distribution
+    # validation AP often saturates in the first epoch or two, before CausalCLIP's adversarial game has run
+    # (docs/method.md#departures-from-the-paper). Ties go to the later epoch.
+    min_epochs: int = 5
     patience: int = 5
     lr_decay_on_plateau: bool = True
     min_lr: float = 1e-6
@@ -43,7 +47,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Ranges the types cannot express (called by config_from_dict; errors name the key)."""
-        for name in ("epochs", "batch_size", "patience"):
+        for name in ("epochs", "batch_size", "patience", "min_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         for name in ("val_max_samples", "nc_probe_every", "num_threads"):

@@ -216,10 +216,13 @@ def train(
         )
 
         score = -val["loss"] if cfg.early_stop_metric == "loss" else val[cfg.early_stop_metric]
-        if score > best_score:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
+        eligible = epoch >= min(cfg.min_epochs, cfg.epochs)  # a run shorter than min_epochs keeps its last epochs
+        if eligible and score >= best_score:  # ties: the later epoch, trained longer at the same validation score
+            improved = score > best_score
+            best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
-        else:
+            bad_epochs = 0 if improved else bad_epochs + 1
+        elif eligible:
             bad_epochs += 1
         if bad_epochs >= cfg.patience:
             if not cfg.lr_decay_on_plateau:
