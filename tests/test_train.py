@@ -314,3 +314,39 @@ def test_code_revision_outside_a_git_checkout_names_the_version(monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", no_git)
     assert revision.code_revision() == f"causalclip {causalclip.__version__} (not a git checkout)"
+
+
+def test_heldout_generators_drive_model_selection(tmp_path):
+    """With a held-out generator's set, the saved epoch is the one best on it, not on the saturated in-distribution
+    set; here the held-out set's labels are the reverse of what training learns, so its AP falls as training
+    proceeds and selection must keep the first eligible epoch."""
+    from causalclip import write_feature_set
+    from conftest import make_samples
+
+    rng = np.random.default_rng(0)
+    df = make_samples(200)
+    x = rng.normal(size=(200, 8)).astype(np.float32) + 1.5 * df["label"].to_numpy()[:, None]
+    fs = write_feature_set(tmp_path / "a", x, df, meta={"backbone": {"name": "test"}})
+    flipped = df.assign(label=1 - df["label"], generator="other")
+    held = write_feature_set(tmp_path / "b", x, flipped, meta={"backbone": {"name": "test"}})
+    rc = resolve_run_config("univfd", overrides={"epochs": 5, "min_epochs": 1, "batch_size": 50, "lr": 1e-2})
+    res = train(train_set=fs, val_set=fs, heldout_sets=[held], out=tmp_path / "r", run_config=rc, progress=False)
+    h = res.history
+    assert {"heldout_ap", "heldout_acc", "heldout_loss"} <= set(h.columns)
+    best = h.loc[h["heldout_ap"] == h["heldout_ap"].max(), "epoch"].max()
+    assert res.best_epoch == best and res.best_epoch < len(h)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["selected_on"] == "heldout"
+    recorded = json.loads((tmp_path / "r" / "run.json").read_text())["data"]["heldout"][0]["path"]
+    assert recorded == str(open_feature_set(held).root)
+
+
+def test_cli_val_roles(tmp_path, tiny_set):
+    from causalclip.cli.main import main
+
+    out = tmp_path / "run"
+    args = ["train", "--head", "univfd", "--train", str(tiny_set), "--out", str(out), "--epochs", "2", "-q"]
+    assert main([*args, "--val", str(tiny_set), f"heldout={tiny_set}"]) == 0
+    assert json.loads((out / "summary.json").read_text())["selected_on"] == "heldout"
+    assert main([*args, "--overwrite", "--val", f"heldout={tiny_set}"]) == 2  # no in-distribution set
+    assert main([*args, "--overwrite", "--val", str(tiny_set), f"val={tiny_set}"]) == 2  # two of them

@@ -20,20 +20,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"train.{name}={json.dumps(value)}")
     rc = resolve_run_config(args.head, config_file=args.config, overrides=overrides, ablation=args.ablation)
+    val, heldout = _val_roles(args.val)
     result = train(
         train_set=args.train,
-        val_set=args.val,
+        val_set=val,
+        heldout_sets=heldout,
         out=args.out,
         run_config=rc,
         progress=not args.quiet,
         overwrite=args.overwrite,
     )
     best = result.history.iloc[result.best_epoch - 1]
+    held = f", held-out AP {100 * best['heldout_ap']:.2f}" if heldout else ""
     print(
         f"trained {rc.head} -> {result.run_dir}  (best epoch {result.best_epoch}: val AP {100 * best['val_ap']:.2f}, "
-        f"ACC {100 * best['val_acc']:.2f}; {result.stop_reason})"
+        f"ACC {100 * best['val_acc']:.2f}{held}; {result.stop_reason})"
     )
     return 0
+
+
+def _val_roles(items: list[str]) -> tuple[str, list[str]]:
+    """``--val DIR [heldout=DIR ...]`` -> (the in-distribution validation set, the held-out generators' sets)."""
+    plain, heldout = [], []
+    for item in items:
+        role, sep, path = item.partition("=")
+        if sep and role == "heldout" and path:
+            heldout.append(path)
+        elif sep and role in ("val", "heldout"):
+            raise ValueError(f"--val {item!r}: expected DIR, val=DIR or heldout=DIR")
+        else:
+            plain.append(path if sep and role == "val" else item)
+    if len(plain) != 1:
+        raise ValueError(
+            f"--val takes exactly one in-distribution validation set (DIR), got {len(plain)}; held-out generators' "
+            "sets are given as heldout=DIR"
+        )
+    return plain[0], heldout
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()  # the one definition of the training defaults
     t.add_argument("--head", choices=sorted(HEADS), default=DEFAULT_HEAD, help="which head (default: %(default)s)")
     t.add_argument("--train", required=True, metavar="DIR", help="training feature set")
-    t.add_argument("--val", required=True, metavar="DIR", help="validation feature set (early stopping)")
+    t.add_argument(
+        "--val",
+        required=True,
+        nargs="+",
+        metavar="[heldout=]DIR",
+        help="the training generator's validation feature set (DIR), and optionally sets of generators that are not "
+        "in training (heldout=DIR, repeatable): model selection and early stopping then follow the held-out sets",
+    )
     t.add_argument("--out", required=True, metavar="RUN", help="run folder to create")
     t.add_argument("--config", metavar="FILE", help="JSON or TOML config: [train] and per-head sections")
     t.add_argument("--ablation", choices=sorted(ABLATIONS), help="Table 5 configuration (causalclip head)")
