@@ -36,6 +36,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"trained {rc.head} -> {result.run_dir}  (best epoch {result.best_epoch}: val AP {100 * best['val_ap']:.2f}, "
         f"ACC {100 * best['val_acc']:.2f}{held}; {result.stop_reason})"
     )
+    diag = json.loads((result.run_dir / "summary.json").read_text(encoding="utf-8")).get("diagnostics", {})
+    if "nc_probe_acc" in diag:  # did the mask take the label out of Znc? A fresh probe says, not the adversary
+        adv = f"; the adversary trained against the mask: {diag['adv_acc']:.3f}" if "adv_acc" in diag else ""
+        print(
+            f"  held-out accuracy on Znc of a fresh probe: {diag['nc_probe_acc']:.3f} (chance 0.5){adv}; "
+            f"on Zc: {diag.get('c_probe_acc', float('nan')):.3f}; mask keeps {diag['mask_dims_selected']} dims"
+        )
     return 0
 
 
