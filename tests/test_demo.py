@@ -1,10 +1,12 @@
 """The offline demo (causalclip.demo): the tiny preset end to end through the CLI with the network disabled,
-determinism, scene-disjoint splits, the build cache, and errors for bad input."""
+determinism, scene-disjoint splits, the build cache, the spread over training seeds, and errors for bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import socket
 from pathlib import Path
@@ -34,29 +36,37 @@ def _no_network(*args, **kwargs):
     raise AssertionError("the demo tried to use the network")
 
 
-@pytest.fixture(scope="module")
-def tiny_demo(tmp_path_factory):
-    """`causalclip demo --preset tiny` through the CLI, with every way of opening a connection disabled."""
-    root = tmp_path_factory.mktemp("demo")
-    argv = [
-        "demo",
-        "--preset",
-        "tiny",
-        "--out",
-        str(root / "out"),
-        "--cache",
-        str(root / "cache"),
-        "-q",
-        "--train-families",
-        *TRAIN_ON,
-    ]
-    with pytest.MonkeyPatch.context() as mp:
+def _run_cli(argv: list[str], printed: Path) -> None:
+    """``causalclip <argv>`` with every way of opening a connection disabled; what it prints goes to ``printed``."""
+    buf = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(buf):
         mp.setattr(socket.socket, "connect", _no_network)
         mp.setattr(socket, "create_connection", _no_network)
         mp.setattr(socket, "getaddrinfo", _no_network)
         code = main(argv)
+    printed.write_text(buf.getvalue())
     assert code == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """`causalclip demo --preset tiny` through the CLI (one seed); printed output in printed.txt."""
+    root = tmp_path_factory.mktemp("demo")
+    argv = ["demo", "--preset", "tiny", "--out", str(root / "out"), "--cache", str(root / "cache"), "-q"]
+    _run_cli([*argv, "--train-families", *TRAIN_ON], root / "printed.txt")
     return root
+
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def seeds_demo(tiny_demo):
+    """The tiny demo with three training seeds, on the benchmark cached by ``tiny_demo``."""
+    out = tiny_demo / "seeds"
+    argv = ["demo", "--preset", "tiny", "--out", str(out), "--cache", str(tiny_demo / "cache"), "-q", "--no-plots"]
+    _run_cli([*argv, "--train-families", *TRAIN_ON, "--seeds", *map(str, SEEDS)], tiny_demo / "printed-seeds.txt")
+    return out
 
 
 def test_demo_runs_the_protocol_end_to_end(tiny_demo, capsys):
@@ -227,3 +237,67 @@ def test_an_output_folder_holds_one_demo(tiny_demo):
     other = DemoConfig(build=TINY, backbone="spectrum:size=32", train_overrides=FAST_TRAIN)
     with pytest.raises(DemoError, match="another benchmark or backbone"):
         run_demo(tiny_demo / "out", other, cache=tiny_demo / "cache")
+
+
+def _spread_by_hand(results: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:
+    """(head, training family or "all") -> mean and ddof=1 std over seeds of the per-seed mean unseen AP/ACC,
+    computed from results.csv without the demo's code: per seed, the mean over the unseen test families of each
+    training family; "all" then averages those over the training families before taking the spread."""
+    unseen = results[~results["seen"].astype(bool)]
+    per_fam = unseen.groupby(["head", "train_family", "seed"])[["ap", "acc"]].mean()
+    per_all = per_fam.groupby(["head", "seed"]).mean()
+    out = {}
+    for (head, fam), grp in per_fam.groupby(["head", "train_family"]):
+        out[(head, fam)] = {f"{m}_{s}": getattr(grp[m], s)() for m in ("ap", "acc") for s in ("mean", "std")}
+    for head, grp in per_all.groupby("head"):
+        out[(head, "all")] = {
+            f"{m}_{s}": float(np.mean(grp[m]) if s == "mean" else np.std(grp[m].to_numpy(), ddof=1))
+            for m in ("ap", "acc")
+            for s in ("mean", "std")
+        }
+    return out
+
+
+def test_spread_over_seeds_is_the_std_of_per_seed_means(seeds_demo, tiny_demo):
+    results = pd.read_csv(seeds_demo / "results.csv")
+    assert sorted(results["seed"].unique()) == list(SEEDS)
+    spread = pd.read_csv(seeds_demo / "seeds.csv")
+    heads = ["causalclip", "univfd", "vib"]
+    assert len(spread) == len(heads) * 2 * (len(TRAIN_ON) + 1) and (spread["n_seeds"] == len(SEEDS)).all()
+    unseen = spread[spread["test"] == "unseen"].set_index(["head", "train_family"])
+    expected = _spread_by_hand(results)
+    assert set(unseen.index) == set(expected)
+    for key, values in expected.items():
+        for col, value in values.items():
+            assert unseen.at[key, col] == pytest.approx(value, abs=2e-6), (key, col)
+    assert (unseen["ap_std"] > 0).any()  # the seeds do train different heads: a spread of 0 would test nothing
+    # in distribution: per seed the mean over training families of the AP on the own family; lowest single AP
+    seen_rows = results[results["seen"].astype(bool)]
+    per_seed = seen_rows.groupby(["head", "seed"])["ap"].mean().groupby("head")
+    seen = spread[(spread["test"] == "seen") & (spread["train_family"] == "all")].set_index("head")
+    for head in heads:
+        assert seen.at[head, "ap_mean"] == pytest.approx(per_seed.mean()[head], abs=2e-6)
+        assert seen.at[head, "ap_std"] == pytest.approx(per_seed.std(ddof=1)[head], abs=2e-6)
+        assert seen.at[head, "ap_min"] == pytest.approx(seen_rows[seen_rows["head"] == head]["ap"].min(), abs=2e-6)
+    # printed, in results.md and in demo.json: mean ± std in percent, 2 decimals
+    printed = (tiny_demo / "printed-seeds.txt").read_text()
+    md = (seeds_demo / "results.md").read_text()
+    for head, label in (("causalclip", "CausalCLIP"), ("univfd", "UnivFD"), ("vib", "VIB-Net")):
+        v = expected[(head, "all")]
+        ap, acc = (
+            f"{100 * v['ap_mean']:.2f} ± {100 * v['ap_std']:.2f}",
+            f"{100 * v['acc_mean']:.2f} ± {100 * v['acc_std']:.2f}",
+        )
+        assert f"| {label} | {ap} | {acc} |" in printed
+        assert f"| {label} | {ap} | {acc} |" in md
+    info = json.loads((seeds_demo / "demo.json").read_text())
+    assert info["seeds"] == list(SEEDS) and len(info["seed_spread"]) == len(spread)
+    assert info["code_revision"]
+
+
+def test_one_seed_has_no_spread(tiny_demo):
+    out = tiny_demo / "out"
+    assert not (out / "seeds.csv").exists()
+    assert "±" not in (tiny_demo / "printed.txt").read_text() and "±" not in (out / "results.md").read_text()
+    assert "done in" in (tiny_demo / "printed.txt").read_text()
+    assert json.loads((out / "demo.json").read_text())["seed_spread"] is None

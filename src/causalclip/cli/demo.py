@@ -67,7 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=["causalclip", "univfd", "vib"])
     d.add_argument("--families", nargs="+", metavar="NAME", help="generator families to build (default all)")
     d.add_argument("--train-families", nargs="+", metavar="NAME", help="families to train on (default each)")
-    d.add_argument("--seeds", nargs="+", type=int, default=[0], help="head training seeds (default 0)")
+    d.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="head training seeds (default 0); with two or more, also the mean and std over seeds (seeds.csv)",
+    )
     d.add_argument("--seed", type=int, help="benchmark seed: tiles, split, generators (default 0)")
     d.add_argument("--threads", type=int, help="torch threads for the build (default 1)")
     d.add_argument("--no-plots", action="store_true")

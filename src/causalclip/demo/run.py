@@ -14,6 +14,7 @@ The output folder::
     OUT/
       demo.json                 parameters, benchmark location, timings, versions
       results.md, results.csv   the tables; one row per (train family, head, seed, test family)
+      seeds.csv                 with two or more --seeds: mean and std over seeds per head (seed_spread_frame)
       manifests/<split>.csv     the tiles each extraction read (absolute paths into the cache)
       features/all/<split>/     extracted features of every tile of the split
       features/<family>/<split>/  one family's fakes and the split's reals
@@ -42,13 +43,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.io import atomic_write, write_json
+from ..core.io import atomic_write, write_json, write_text
+from ..core.revision import code_revision
 from ..features.featureset import open_feature_set, write_feature_set
 from ..paper.report import ResultsTable
 from .build import BUILD_SIZES, Benchmark, BuildConfig, build_benchmark
 from .photos import SPLITS, DemoError
 
-__all__ = ["DEFAULT_TRAIN", "TINY_TRAIN", "DemoConfig", "DemoResult", "HEAD_LABELS", "run_demo"]
+__all__ = [
+    "DEFAULT_TRAIN",
+    "TINY_TRAIN",
+    "DemoConfig",
+    "DemoResult",
+    "HEAD_LABELS",
+    "run_demo",
+    "seed_spread_frame",
+    "spread_markdown",
+]
 
 log = logging.getLogger("causalclip")
 
@@ -111,6 +122,7 @@ class DemoResult:
     detector: Path | None
     seconds: dict[str, float] = field(default_factory=dict)
     benchmark: Benchmark | None = None
+    spread: pd.DataFrame | None = None  # seed_spread_frame(results, cfg): None with one seed
 
 
 def _check_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
@@ -145,7 +157,7 @@ def _extract_split(bench: Benchmark, split: str, out: Path, backbone, cfg: DemoC
         root=listing.root,
         out=target,
         backbone=backbone,
-        config=ExtractConfig(batch_size=cfg.extract_batch_size, workers=0, storage_dtype="float32"),
+        config=ExtractConfig(batch_size=cfg.extract_batch_size, workers=0, processes=1, storage_dtype="float32"),
         ignored=listing.ignored,
         progress=progress,
     )
@@ -193,7 +205,11 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
     families = list(cfg.build.families)
     tables: dict[str, ResultsTable] = {}
     n_seeds = results["seed"].nunique()
-    seeds_note = (f"Mean of {n_seeds} training seeds; per-seed values in results.csv.",) if n_seeds > 1 else ()
+    seeds_note = (
+        (f"Mean of {n_seeds} training seeds; per-seed values in results.csv, std over seeds in seeds.csv.",)
+        if n_seeds > 1
+        else ()
+    )
     mean = results.groupby(["train_family", "head", "test_family"], sort=False)[["ap", "acc"]].mean().reset_index()
     for fam in cfg.training_families():
         for metric in ("ap", "acc"):
@@ -228,6 +244,96 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
         notes=("Each column: trained on that family, mean AP over the families it did not see.", *seeds_note),
     )
     return tables
+
+
+SPREAD_COLUMNS = [
+    "head",
+    "train_family",
+    "test",
+    "n_seeds",
+    "ap_mean",
+    "ap_std",
+    "acc_mean",
+    "acc_std",
+    "ap_min",
+]
+
+
+def seed_spread_frame(results: pd.DataFrame, cfg: DemoConfig) -> pd.DataFrame | None:
+    """The spread over training seeds (seeds.csv); None with fewer than two seeds (no std to give).
+
+    One row per head, ``test`` ("unseen": the families the head was not trained on; "seen": its own family, the
+    in-distribution test) and ``train_family`` (one training family, or "all": every training family). For each
+    seed, the mean AP and ACC over that row's (training family, test family) pairs; then ``*_mean`` and
+    ``*_std``: the mean and the sample standard deviation (ddof=1) of those per-seed means over the seeds
+    (``causalclip.paper.experiment.seed_spread``). Every training family has the same number of unseen families,
+    so "all" is the mean over training families of the per-family value, the tables' "Avg". ``ap_min``: the
+    lowest single AP among the row's pairs and seeds. Fractions (0-1), like results.csv."""
+    from ..paper.experiment import seed_spread
+
+    if results["seed"].nunique() < 2:
+        return None
+    seen = results["seen"].astype(bool)
+    parts = []
+    for test, mask in (("unseen", ~seen), ("seen", seen)):
+        for fam in (*cfg.training_families(), "all"):
+            sub = results[mask if fam == "all" else mask & (results["train_family"] == fam)]
+            part = seed_spread(sub.rename(columns={"head": "method"})).rename(columns={"method": "head"})
+            part["ap_min"] = sub.groupby("head")["ap"].min().reindex(part["head"]).to_numpy()
+            part["train_family"], part["test"] = fam, test
+            parts.append(part)
+    frame = pd.concat(parts, ignore_index=True)
+    order = {head: k for k, head in enumerate(cfg.heads)}
+    frame = frame.sort_values("head", key=lambda h: h.map(order), kind="stable").reset_index(drop=True)
+    return frame[SPREAD_COLUMNS]
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def spread_markdown(spread: pd.DataFrame, *, acc_table: bool = True) -> str:
+    """The spread over seeds as Markdown: unseen-family AP (and ACC) per training family, then one row per head."""
+    n = int(spread["n_seeds"].min())
+    heads = list(dict.fromkeys(spread["head"]))
+    fams = [f for f in dict.fromkeys(spread["train_family"]) if f != "all"]
+    cell = spread.set_index(["head", "test", "train_family"])
+    lines = [
+        f"Over {n} training seeds: mean ± sample standard deviation (ddof=1) over the seeds of each seed's mean "
+        "(unseen: over the families not seen in training; in-distribution: over the training families' own test).",
+        "",
+    ]
+    for metric in ("ap", "acc") if acc_table else ("ap",):
+        lines.append(f"Unseen-family {metric.upper()} (%) per training family; Avg = over all training families:")
+        lines.append("")
+        rows = []
+        for head in heads:
+            values = [cell.loc[(head, "unseen", f)] for f in (*fams, "all")]
+            rows.append([HEAD_LABELS.get(head, head), *[_pm(v[f"{metric}_mean"], v[f"{metric}_std"]) for v in values]])
+        lines += _markdown_rows(["Method", *fams, "Avg"], rows)
+        lines.append("")
+    lines.append("Per head, over all training families:")
+    lines.append("")
+    rows = []
+    for head in heads:
+        u, s = cell.loc[(head, "unseen", "all")], cell.loc[(head, "seen", "all")]
+        rows.append(
+            [
+                HEAD_LABELS.get(head, head),
+                _pm(u["ap_mean"], u["ap_std"]),
+                _pm(u["acc_mean"], u["acc_std"]),
+                _pm(s["ap_mean"], s["ap_std"]),
+                f"{100 * s['ap_min']:.2f}",
+            ]
+        )
+    header = ["Method", "unseen AP", "unseen ACC", "in-distribution AP", "lowest in-distribution AP"]
+    lines += _markdown_rows(header, rows)
+    return "\n".join(lines) + "\n"
 
 
 def _plots(results: pd.DataFrame, cfg: DemoConfig, out: Path) -> list[Path]:
@@ -370,7 +476,12 @@ def run_demo(
     results = pd.DataFrame(rows)
     atomic_write(out / "results.csv", lambda p: results.to_csv(p, index=False, float_format="%.6f"))
     tables = _tables(results, cfg)
-    atomic_write(out / "results.md", lambda p: p.write_text(render_tables(tables, cfg, spec), encoding="utf-8"))
+    spread = seed_spread_frame(results, cfg)
+    if spread is None:
+        (out / "seeds.csv").unlink(missing_ok=True)  # one seed: no spread; none left from an earlier run
+    else:
+        atomic_write(out / "seeds.csv", lambda p: spread.to_csv(p, index=False, float_format="%.6f"))
+    write_text(out / "results.md", render_tables(tables, cfg, spec, spread))
 
     if cfg.plots:
         _plots(results, cfg, out / "plots")
@@ -400,20 +511,32 @@ def run_demo(
             "heads": list(cfg.heads),
             "train_families": list(cfg.training_families()),
             "seeds": list(cfg.seeds),
+            "code_revision": code_revision(),
             "train_overrides": dict(cfg.train_overrides),
             "detector": str(detector) if detector else None,
             "detector_run": str(det_run) if det_run else None,
             "seconds": seconds,
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
             "summary_unseen_ap": tables["summary"].frame.to_dict(orient="index"),
+            "seed_spread": None if spread is None else spread.to_dict(orient="records"),
         },
         sort_keys=True,
     )
-    return DemoResult(out=out, results=results, tables=tables, detector=detector, seconds=seconds, benchmark=bench)
+    return DemoResult(
+        out=out,
+        results=results,
+        tables=tables,
+        detector=detector,
+        seconds=seconds,
+        benchmark=bench,
+        spread=spread,
+    )
 
 
-def render_tables(tables: dict[str, ResultsTable], cfg: DemoConfig, spec: str) -> str:
-    """results.md: the summary first, then AP and ACC per training family."""
+def render_tables(
+    tables: dict[str, ResultsTable], cfg: DemoConfig, spec: str, spread: pd.DataFrame | None = None
+) -> str:
+    """results.md: the summary first, the spread over seeds (two or more seeds), then AP and ACC per family."""
     lines = [
         "# Offline demo: train on one generator family, test on all",
         "",
@@ -422,6 +545,8 @@ def render_tables(tables: dict[str, ResultsTable], cfg: DemoConfig, spec: str) -
         "",
         tables["summary"].to_markdown(caption="Mean AP (%) on the families not seen in training, per training family."),
     ]
+    if spread is not None:
+        lines.append(spread_markdown(spread))
     for fam in cfg.training_families():
         for metric in ("ap", "acc"):
             t = tables[f"{fam}/{metric}"]
@@ -432,6 +557,8 @@ def render_tables(tables: dict[str, ResultsTable], cfg: DemoConfig, spec: str) -
 def summary_text(result: DemoResult) -> str:
     """What the command prints: the summary table and the per-family AP tables, as Markdown."""
     parts = [result.tables["summary"].to_markdown(caption="Mean AP (%) on unseen families, per training family:")]
+    if result.spread is not None:
+        parts.append(spread_markdown(result.spread, acc_table=False))
     for key, table in result.tables.items():
         if key.endswith("/ap"):
             parts.append(table.to_markdown(caption=f"Trained on {key[:-3]}: AP (%)"))
