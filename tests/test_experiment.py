@@ -226,8 +226,8 @@ def test_robustness_sweep_from_the_experiment_folder(setup, first_run, tmp_path)
     assert len(mean) == 2 * 3
     # per-level mean = mean over test sets of the long table
     check = long.groupby(["method", "perturbation", "level"])[["ap", "acc"]].mean()
-    for _, r in mean.iterrows():
-        assert r["ap"] == pytest.approx(check.loc[(r["method"], r["perturbation"], r["level"]), "ap"])
+    for _, r in mean.iterrows():  # the CSVs hold 6 significant digits
+        assert r["ap"] == pytest.approx(check.loc[(r["method"], r["perturbation"], r["level"]), "ap"], rel=1e-5)
     # blur 0 is the clean test set: the same numbers as the experiment's own evaluation (mean over seeds)
     clean = pd.read_csv(exp / "metrics_long.csv").groupby(["method", "test_set"])["ap"].mean()
     b0 = long[(long["perturbation"] == "blur") & (long["level"] == 0)].set_index(["method", "test_set"])["ap"]
