@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..backbones.base import Backbone, resolve_precision
 from ..backbones.registry import load_backbone
-from ..images.decode import ImageDecodeError, load_rgb
+from ..images.decode import ImageDecodeError, load_rgb, read_image_bytes
 from ..images.transforms import Augmentation, Perturbation, Preprocessing, normalise_lut
 from .featureset import FeatureSetError
 from .job import (
@@ -152,21 +152,16 @@ def _open_uri(uri: str):
 
 def _read_uri(uri: str) -> bytes:
     """The bytes of an image by URI, with the local engine's reasons for I/O failures."""
-    try:
-        fs, path = _open_uri(uri)
+
+    def read() -> bytes:
+        try:
+            fs, path = _open_uri(uri)
+        except ExtractError as exc:  # e.g. an unknown scheme: reported like an unreadable file
+            raise OSError(str(exc)) from exc
         with fs.open_input_stream(path) as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ImageDecodeError(uri, "file not found") from None
-    except PermissionError:
-        raise ImageDecodeError(uri, "permission denied") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(uri, "is a directory") from None
-    except (OSError, ExtractError) as exc:
-        raise ImageDecodeError(uri, f"cannot read file: {exc}") from exc
-    if not data:
-        raise ImageDecodeError(uri, "empty file (0 bytes)")
-    return data
+            return f.read()
+
+    return read_image_bytes(uri, read)
 
 
 def _source(root: str, path: str) -> str:

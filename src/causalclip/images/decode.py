@@ -15,7 +15,7 @@ import re
 import struct
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -77,11 +77,15 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _read_bytes(path: str) -> bytes:
-    """Read the whole file up front, so I/O failures are told apart from decoder failures (both are OSError)."""
+def read_image_bytes(path: str, read: Callable[[], bytes] | None = None) -> bytes:
+    """The whole file up front (``read()`` when given, e.g. from an object store), so that I/O failures are told
+    apart from decoder failures (both are OSError): each becomes an ImageDecodeError with a short reason."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        if read is not None:
+            data = read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
     except FileNotFoundError:
         raise ImageDecodeError(path, "file not found") from None
     except PermissionError:
@@ -247,7 +251,7 @@ def load_rgb(
         )
     spath = os.fsdecode(os.fspath(path))
     allowed = _allowed_formats(None if formats is None else tuple(formats))
-    data = _read_bytes(spath) if data is None else bytes(data)
+    data = read_image_bytes(spath) if data is None else bytes(data)
     try:
         im = _open(spath, data, allowed, max_pixels)
         with im:

@@ -62,6 +62,18 @@ def _check_two_classes(fs: FeatureSet, role: str) -> None:
         )
 
 
+def _check_like(tr: FeatureSet, other: FeatureSet, role: str) -> None:
+    """``other`` was made like the training set (same dim and feature description) and holds both classes."""
+    if other.dim != tr.dim:
+        raise ValueError(f"{tr.root} has dim {tr.dim} but {other.root} has dim {other.dim}")
+    for key in FEATURE_KEYS:
+        if key in tr.meta and key in other.meta and tr.meta[key] != other.meta[key]:
+            raise ValueError(
+                f"{tr.root} and {other.root} were made differently ({key}: {tr.meta[key]!r} vs {other.meta[key]!r})"
+            )
+    _check_two_classes(other, role)
+
+
 def _subset(n: int, max_samples: int, seed: int) -> np.ndarray:
     """Sorted positions of a seeded random subset of range(n) of size max_samples (all when 0 or n is smaller)."""
     if max_samples <= 0 or n <= max_samples:
@@ -108,25 +120,11 @@ def train(
             f"{out}: already holds a trained run (config.json); choose another --out or pass --overwrite"
         )
     tr, va = _as_set(train_set), _as_set(val_set)
-    if tr.dim != va.dim:
-        raise ValueError(f"{tr.root} has dim {tr.dim} but {va.root} has dim {va.dim}")
-    for key in FEATURE_KEYS:
-        if key in tr.meta and key in va.meta and tr.meta[key] != va.meta[key]:
-            raise ValueError(
-                f"{tr.root} and {va.root} were made differently ({key}: {tr.meta[key]!r} vs {va.meta[key]!r})"
-            )
-    _check_two_classes(tr, "training")
-    _check_two_classes(va, "validation")
     held = [_as_set(h) for h in heldout_sets]
+    _check_two_classes(tr, "training")
+    _check_like(tr, va, "validation")
     for h in held:
-        if h.dim != tr.dim:
-            raise ValueError(f"{h.root} has dim {h.dim} but {tr.root} has dim {tr.dim}")
-        for key in FEATURE_KEYS:
-            if key in tr.meta and key in h.meta and tr.meta[key] != h.meta[key]:
-                raise ValueError(
-                    f"{tr.root} and {h.root} were made differently ({key}: {tr.meta[key]!r} vs {h.meta[key]!r})"
-                )
-        _check_two_classes(h, "held-out validation")
+        _check_like(tr, h, "held-out validation")
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     device = torch.device(cfg.device)
