@@ -312,8 +312,14 @@ def test_code_revision_outside_a_git_checkout_names_the_version(monkeypatch):
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
+    first = revision.code_revision()
     monkeypatch.setattr(subprocess, "run", no_git)
-    assert revision.code_revision() == f"causalclip {causalclip.__version__} (not a git checkout)"
+    assert revision.code_revision() == first  # remembered: a checkout that moves on mid-job does not change it
+    revision.code_revision.cache_clear()
+    try:
+        assert revision.code_revision() == f"causalclip {causalclip.__version__} (not a git checkout)"
+    finally:
+        revision.code_revision.cache_clear()
 
 
 def test_heldout_generators_drive_model_selection(tmp_path):

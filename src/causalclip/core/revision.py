@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
 from .version import __version__
 
 
+@functools.cache
 def code_revision() -> str:
-    """The git commit of the causalclip source (with ``-dirty`` for uncommitted changes), if it is a checkout."""
+    """The git commit of the causalclip source (with ``-dirty`` for uncommitted changes), if it is a checkout.
+
+    Asked once per process and remembered: a long job (a benchmark, a demo with dozens of runs) records one
+    revision, the one it started with, even when the checkout moves on while it runs."""
     src = Path(__file__).resolve().parent
     try:
         top = subprocess.run(
