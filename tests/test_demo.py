@@ -1,5 +1,6 @@
 """The offline demo (causalclip.demo): the tiny preset end to end through the CLI with the network disabled,
-determinism, scene-disjoint splits, the build cache, the spread over training seeds, and errors for bad input."""
+determinism, scene-disjoint splits, the build cache, the spread over training seeds, the leave-one-out protocol, and
+errors for bad input."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ from sklearn.metrics import average_precision_score
 
 pytest.importorskip("skimage")  # the built-in photos ship with scikit-image (extra "demo")
 
+from causalclip.cli.demo import PROTOCOL_NAMES  # noqa: E402
 from causalclip.cli.main import main  # noqa: E402
 from causalclip.demo.build import BUILD_SIZES, BuildConfig, build_benchmark, to_grey  # noqa: E402  # noqa: E402
 from causalclip.demo.generators import FamilyConfig  # noqa: E402
 from causalclip.demo.photos import BUILTIN_PHOTOS, DemoError, builtin_photos, load_photo, split_scenes, tile_grid
-from causalclip.demo.run import DemoConfig, run_demo  # noqa: E402
+from causalclip.demo.run import HEAD_LABELS, PROTOCOLS, DemoConfig, run_demo  # noqa: E402
 from causalclip.detector.folder import read_detector  # noqa: E402
+from causalclip.features.featureset import open_feature_set  # noqa: E402
 
 TINY = BUILD_SIZES["tiny"]
 FAMILIES = TINY.families
@@ -301,3 +304,132 @@ def test_one_seed_has_no_spread(tiny_demo):
     assert "±" not in (tiny_demo / "printed.txt").read_text() and "±" not in (out / "results.md").read_text()
     assert "done in" in (tiny_demo / "printed.txt").read_text()
     assert json.loads((out / "demo.json").read_text())["seed_spread"] is None
+
+
+def _one_family_summary_by_hand(results: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """(head, training family) -> the mean over seeds and over the test families other than the training family of
+    the AP, in %, from results.csv without the ``seen`` column (the one-family definition before leave-one-out)."""
+    other = results[results["train_family"] != results["test_family"]]
+    per = other.groupby(["head", "train_family", "test_family"])["ap"].mean().groupby(["head", "train_family"])
+    return {key: 100 * value for key, value in per.mean().items()}
+
+
+def test_one_family_protocol_is_unchanged(tiny_demo):
+    """The default protocol: runs trained on features/<family>/train (that family's fakes and the reals), ``seen``
+    only on the own family, the summary the mean AP over the other families, and results.md says which protocol."""
+    out = tiny_demo / "out"
+    results = pd.read_csv(out / "results.csv")
+    info = json.loads((out / "demo.json").read_text())
+    assert info["protocol"] == "one-family" and info["left_out_families"] is None
+    assert info["train_families"] == list(TRAIN_ON)
+    summary = info["summary_unseen_ap"]
+    for (head, fam), value in _one_family_summary_by_hand(results).items():
+        assert summary[HEAD_LABELS[head]][fam] == pytest.approx(value, abs=0.006)
+    bench = build_benchmark(TINY, tiny_demo / "cache")
+    for fam in TRAIN_ON:
+        data = json.loads((out / "runs" / fam / "causalclip-seed0" / "run.json").read_text())["data"]
+        assert Path(data["train"]["path"]) == out / "features" / fam / "train"
+        train = open_feature_set(data["train"]["path"])
+        expected = bench.samples("train")
+        expected = expected[expected["generator"].isin(["real", fam])]
+        assert sorted(train.paths) == sorted(expected["path"]) and set(train.generators) == {fam}
+        assert not (out / "features" / f"all-but-{fam}").exists()
+    assert "Protocol `one-family`" in (out / "results.md").read_text()
+    assert "Protocol `one-family`" in (tiny_demo / "printed.txt").read_text()
+    assert "# Offline demo: train on one generator family, test on all" in (out / "results.md").read_text()
+
+
+LEAVE_OUT = ("tconv-gan", "vae")
+LOO_SEEDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def loo_demo(tiny_demo):
+    """The tiny demo with --protocol leave-one-out, leaving out each of LEAVE_OUT in turn, two training seeds."""
+    out = tiny_demo / "loo"
+    argv = ["demo", "--preset", "tiny", "--out", str(out), "--cache", str(tiny_demo / "cache"), "-q", "--no-plots"]
+    argv += ["--protocol", "leave-one-out", "--train-families", *LEAVE_OUT, "--seeds", *map(str, LOO_SEEDS)]
+    _run_cli(argv, tiny_demo / "printed-loo.txt")
+    return out
+
+
+def test_leave_one_out_trains_on_exactly_the_other_families(loo_demo, tiny_demo):
+    bench = build_benchmark(TINY, tiny_demo / "cache")
+    everything = {split: open_feature_set(loo_demo / "features" / "all" / split) for split in ("train", "val")}
+    for fam in LEAVE_OUT:
+        others = [f for f in FAMILIES if f != fam]
+        for head in ("causalclip", "univfd", "vib"):
+            for seed in LOO_SEEDS:
+                data = json.loads(
+                    (loo_demo / "runs" / f"all-but-{fam}" / f"{head}-seed{seed}" / "run.json").read_text()
+                )
+                for split in ("train", "val"):
+                    assert Path(data["data"][split]["path"]) == loo_demo / "features" / f"all-but-{fam}" / split
+        for split in ("train", "val"):
+            fs = open_feature_set(loo_demo / "features" / f"all-but-{fam}" / split)
+            expected = bench.samples(split)
+            expected = expected[expected["generator"] != fam]  # every other family's fakes and the reals, once
+            got = fs.samples[["path", "label", "generator"]].sort_values("path").reset_index(drop=True)
+            want = expected.sort_values("path").reset_index(drop=True)
+            pd.testing.assert_frame_equal(got, want, check_dtype=False)
+            counts = fs.samples[fs.samples["label"] == 1]["generator"].value_counts().to_dict()
+            assert counts == bench.samples(split).query("label == 1")["generator"].value_counts()[others].to_dict()
+            assert set(counts) == set(others) and len(fs) == len(expected)
+            # the features are those extracted for the same tiles
+            row = {path: i for i, path in enumerate(everything[split].paths)}
+            idx = [row[path] for path in fs.paths]
+            np.testing.assert_array_equal(fs.take(np.arange(len(fs))), everything[split].take(idx))
+
+
+def test_leave_one_out_tests_on_all_and_sees_all_but_the_one_left_out(loo_demo, tiny_demo):
+    results = pd.read_csv(loo_demo / "results.csv")
+    heads = {"causalclip", "univfd", "vib"}
+    assert set(results["train_family"]) == {f"all-but-{fam}" for fam in LEAVE_OUT}
+    assert len(results) == len(LEAVE_OUT) * len(heads) * len(LOO_SEEDS) * len(FAMILIES)
+    for (_train, _head, _seed), group in results.groupby(["train_family", "head", "seed"]):
+        assert sorted(group["test_family"]) == sorted(FAMILIES)
+    left_out = results["train_family"].str.removeprefix("all-but-")
+    assert (results["seen"].astype(bool) == (results["test_family"] != left_out)).all()
+    assert (results["n_real"] == results["n_fake"]).all() and (results["n_real"] > 0).all()
+    info = json.loads((loo_demo / "demo.json").read_text())
+    assert info["protocol"] == "leave-one-out" and info["left_out_families"] == list(LEAVE_OUT)
+    assert info["train_families"] == [f"all-but-{fam}" for fam in LEAVE_OUT]
+    assert read_detector(loo_demo / "detector").provenance["train_family"] == f"all-but-{LEAVE_OUT[0]}"
+
+
+def test_leave_one_out_summary_is_the_ap_on_the_family_left_out(loo_demo, tiny_demo):
+    results = pd.read_csv(loo_demo / "results.csv")
+    summary = json.loads((loo_demo / "demo.json").read_text())["summary_unseen_ap"]
+    spread = pd.read_csv(loo_demo / "seeds.csv")
+    unseen = spread[spread["test"] == "unseen"].set_index(["head", "train_family"])
+    printed = (tiny_demo / "printed-loo.txt").read_text()
+    md = (loo_demo / "results.md").read_text()
+    for head, label in HEAD_LABELS.items():
+        per_fam = []
+        for fam in LEAVE_OUT:
+            rows = results[
+                (results["head"] == head)
+                & (results["train_family"] == f"all-but-{fam}")
+                & (results["test_family"] == fam)
+            ]
+            assert len(rows) == len(LOO_SEEDS)
+            assert summary[label][f"all-but-{fam}"] == pytest.approx(100 * rows["ap"].mean(), abs=0.006)
+            assert unseen.at[(head, f"all-but-{fam}"), "ap_mean"] == pytest.approx(rows["ap"].mean(), abs=2e-6)
+            assert unseen.at[(head, f"all-but-{fam}"), "ap_std"] == pytest.approx(rows["ap"].std(ddof=1), abs=2e-6)
+            per_fam.append(rows.set_index("seed")["ap"])
+        per_seed = pd.concat(per_fam, axis=1).mean(axis=1)
+        assert summary[label]["Avg"] == pytest.approx(100 * per_seed.mean(), abs=0.006)
+        assert f"| {label} | {100 * per_seed.mean():.2f} ± {100 * per_seed.std(ddof=1):.2f} |" in printed
+    assert (unseen["ap_std"] > 0).any()  # the seeds train different heads
+    for text in (printed, md):
+        assert "Protocol `leave-one-out`" in text and "AP (%) on the family left out of training" in text
+        assert "left-out AP" in text and "unseen AP" not in text and "Unseen" not in text
+    assert "# Offline demo, leave-one-out" in md and "Trained on all families but **vae**" in md
+    assert "| Method | tconv-gan (train) | resize-gan (train) | vae | diffusion (train) | Left out | Avg |" in md
+
+
+def test_protocol_names_and_errors(tmp_path):
+    assert PROTOCOL_NAMES == PROTOCOLS
+    with pytest.raises(DemoError, match="unknown protocol"):
+        run_demo(tmp_path / "o", DemoConfig.preset("tiny", protocol="leave-two-out"), cache=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # refused before building anything

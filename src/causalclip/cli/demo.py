@@ -8,6 +8,7 @@ import dataclasses
 from ..demo.photos import DemoError
 
 PRESET_NAMES = ("full", "tiny")
+PROTOCOL_NAMES = ("one-family", "leave-one-out")  # causalclip.demo.run.PROTOCOLS, without importing torch here
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -34,6 +35,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         build=build,
         backbone=args.backbone,
         heads=tuple(args.heads),
+        protocol=args.protocol,
         train_families=tuple(args.train_families) if args.train_families else None,
         seeds=tuple(args.seeds),
         plots=not args.no_plots,
@@ -51,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="offline end-to-end demo: real photos, locally trained generators, cross-generator results",
         description="Build (once, then cached) a benchmark from the photos shipped with scikit-image and "
         "scikit-learn and four generator families trained here, extract weight-free forensic features, train "
-        "CausalCLIP, UnivFD and VIB-Net on each family, test on all, print the tables, write plots and a "
-        "detector folder. Never touches the network.",
+        "CausalCLIP, UnivFD and VIB-Net on each family (or, --protocol leave-one-out, on all families but each one "
+        "in turn), test on all, print the tables, write plots and a detector folder. Never touches the network.",
     )
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
     d.add_argument(
@@ -66,7 +68,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--backbone", metavar="SPEC", help="default spectrum:size=T+npr:size=T (T = tile size)")
     d.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=["causalclip", "univfd", "vib"])
     d.add_argument("--families", nargs="+", metavar="NAME", help="generator families to build (default all)")
-    d.add_argument("--train-families", nargs="+", metavar="NAME", help="families to train on (default each)")
+    d.add_argument(
+        "--protocol",
+        choices=PROTOCOL_NAMES,
+        default="one-family",
+        help="one-family (default): train on one family, test on all; leave-one-out: train on all families but "
+        "one, test on all (the one left out is the unseen family)",
+    )
+    d.add_argument(
+        "--train-families",
+        nargs="+",
+        metavar="NAME",
+        help="families to train on in turn (default each); with --protocol leave-one-out, the families to leave out",
+    )
     d.add_argument(
         "--seeds",
         nargs="+",

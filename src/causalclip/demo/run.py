@@ -6,6 +6,7 @@ Images in, cross-generator results out, with nothing downloaded::
     extract features of every tile      causalclip.extract, layout "manifest", a weight-free forensic backbone
     per family: a feature set           that family's fakes + the split's reals (relabelled to the family)
     train on one family                 CausalCLIP, UnivFD, VIB-Net heads (causalclip.train), every family in turn
+      (or, protocol "leave-one-out":   on the union of all families but one, each family left out in turn)
     test on all families                causalclip.evaluate, balanced reals/fakes per family
     report                              tables in the paper's Table 1-4 format, results.csv, plots, a detector
 
@@ -13,13 +14,15 @@ The output folder::
 
     OUT/
       demo.json                 parameters, benchmark location, timings, versions
-      results.md, results.csv   the tables; one row per (train family, head, seed, test family)
+      results.md, results.csv   the tables; one row per (train family, head, seed, test family); train family is
+                                the family (protocol "one-family") or "all-but-<family>" ("leave-one-out")
       seeds.csv                 with two or more --seeds: mean and std over seeds per head (seed_spread_frame)
       manifests/<split>.csv     the tiles each extraction read (absolute paths into the cache)
       features/all/<split>/     extracted features of every tile of the split
       features/<family>/<split>/  one family's fakes and the split's reals
-      runs/<family>/<head>-seed<k>/  run folders (causalclip.train)
-      eval/<family>/<head>-seed<k>/  metrics.csv, predictions.csv (causalclip.evaluate)
+      features/all-but-<family>/{train,val}/  leave-one-out: the other families' fakes and the split's reals
+      runs/<train family>/<head>-seed<k>/  run folders (causalclip.train)
+      eval/<train family>/<head>-seed<k>/  metrics.csv, predictions.csv (causalclip.evaluate)
       plots/                    unseen_ap.png, cross_family_ap.png
       detector/                 a detector folder (causalclip.detector) that ``detect`` and ``serve`` load
 """
@@ -37,7 +40,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -52,6 +55,7 @@ from .photos import SPLITS, DemoError
 
 __all__ = [
     "DEFAULT_TRAIN",
+    "PROTOCOLS",
     "TINY_TRAIN",
     "DemoConfig",
     "DemoResult",
@@ -83,6 +87,10 @@ DEFAULT_TRAIN: dict[str, Any] = {
 # The tiny preset (tests, a first look in seconds): three epochs.
 TINY_TRAIN: dict[str, Any] = {**DEFAULT_TRAIN, "train.epochs": 3}
 
+# "one-family": train on one family, test on all (the paper's protocol). "leave-one-out": train on the union of
+# all families but one (several training environments), test on all; the family left out is the unseen one.
+PROTOCOLS = ("one-family", "leave-one-out")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DemoConfig:
@@ -90,10 +98,13 @@ class DemoConfig:
     # Backbone spec (causalclip.backbones.forensic); None: f"spectrum:size={tile}+npr:size={tile}" (weight-free)
     backbone: str | None = None
     heads: tuple[str, ...] = ("causalclip", "univfd", "vib")
-    train_families: tuple[str, ...] | None = None  # None: each family in turn
+    protocol: Literal["one-family", "leave-one-out"] = "one-family"
+    # None: each family in turn. One-family: the families trained on; leave-one-out: the families left out.
+    train_families: tuple[str, ...] | None = None
     seeds: tuple[int, ...] = (0,)
     train_overrides: tuple[tuple[str, Any], ...] = tuple(DEFAULT_TRAIN.items())
-    detector_family: str | None = None  # the run exported as OUT/detector; None: the first training family
+    # The run exported as OUT/detector: its training family (leave-one-out: the family it left out); None: the first
+    detector_family: str | None = None
     detector_head: str = "causalclip"
     extract_batch_size: int = 64
     plots: bool = True
@@ -111,18 +122,33 @@ class DemoConfig:
         return self.backbone or f"spectrum:size={t}+npr:size={t}"
 
     def training_families(self) -> tuple[str, ...]:
+        """The families trained on in turn (one-family) or left out in turn (leave-one-out)."""
         return self.train_families or self.build.families
+
+    def train_set_name(self, family: str) -> str:
+        """results.csv's train_family and the folder name of the runs for ``family`` (an item of training_families)."""
+        return f"all-but-{family}" if self.protocol == "leave-one-out" else family
+
+    def train_sets(self) -> tuple[str, ...]:
+        return tuple(self.train_set_name(f) for f in self.training_families())
+
+    def seen_families(self, family: str) -> tuple[str, ...]:
+        """The families whose fakes the runs for ``family`` are trained on."""
+        if self.protocol == "leave-one-out":
+            return tuple(f for f in self.build.families if f != family)
+        return (family,)
 
 
 @dataclass
 class DemoResult:
     out: Path
     results: pd.DataFrame  # train_family, head, seed, test_family, seen, n_real, n_fake, ap, acc, real_acc, fake_acc
-    tables: dict[str, ResultsTable]  # "<family>/ap", "<family>/acc", "summary"
+    tables: dict[str, ResultsTable]  # "<train family>/ap", "<train family>/acc", "summary"
     detector: Path | None
     seconds: dict[str, float] = field(default_factory=dict)
     benchmark: Benchmark | None = None
     spread: pd.DataFrame | None = None  # seed_spread_frame(results, cfg): None with one seed
+    config: DemoConfig | None = None
 
 
 def _check_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
@@ -184,6 +210,30 @@ def _family_sets(all_sets: dict[str, Path], families: tuple[str, ...], out: Path
     return sets
 
 
+def _leave_one_out_sets(
+    all_sets: dict[str, Path], families: tuple[str, ...], left_out: tuple[str, ...], out: Path
+) -> dict[tuple[str, str], Path]:
+    """features/all-but-<F>/{train,val}: the fakes of every family but F, each keeping its family as ``generator``
+    (the training environments), and the split's reals once (``generator`` "real"), as in features/all."""
+    sets = {}
+    for split in ("train", "val"):
+        fs = open_feature_set(all_sets[split])
+        gens = fs.generators
+        meta = {k: v for k, v in fs.meta.items() if k not in ("dim", "dtype", "count", "shards", "n_errors")}
+        for fam in left_out:
+            others = [f for f in families if f != fam]
+            rows = np.flatnonzero((gens == "real") | np.isin(gens, others))
+            samples = fs.samples.iloc[rows][["path", "label", "generator"]].reset_index(drop=True)
+            name = f"all-but-{fam}"
+            sets[(name, split)] = write_feature_set(
+                out / "features" / name / split,
+                fs.take(rows).astype(np.float32),
+                samples,
+                meta={**meta, "demo_family": name, "demo_left_out": fam, "demo_train_families": others},
+            )
+    return sets
+
+
 @contextmanager
 def _quiet_training():
     """The training loop logs every epoch; the demo runs dozens of trainings and reports one line each."""
@@ -200,8 +250,38 @@ def _overrides(cfg: DemoConfig, seed: int) -> dict[str, Any]:
     return {**dict(cfg.train_overrides), "train.seed": seed}
 
 
+def _loo(cfg: DemoConfig) -> bool:
+    return cfg.protocol == "leave-one-out"
+
+
+def _unseen_label(cfg: DemoConfig) -> str:
+    """The tables' column of the mean over the test families not seen in training."""
+    return "Left out" if _loo(cfg) else "Unseen"
+
+
+def _protocol_line(cfg: DemoConfig) -> str:
+    if _loo(cfg):
+        return (
+            f"Protocol `leave-one-out`: each head is trained on the union of all {len(cfg.build.families)} families "
+            "but one (their fakes and the reals) and tested on every family; the family left out is the unseen one."
+        )
+    return "Protocol `one-family`: each head is trained on one family and tested on every family."
+
+
+def _summary_caption(cfg: DemoConfig) -> str:
+    if _loo(cfg):
+        return "AP (%) on the family left out of training; each column: trained on all the other families."
+    return "Mean AP (%) on the families not seen in training, per training family."
+
+
+def _mean_frame(results: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Mean over seeds per (train family, head, test family), with ``seen``."""
+    keys = ["train_family", "head", "test_family", "seen"]
+    return results.groupby(keys, sort=False)[metrics].mean().reset_index()
+
+
 def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
-    """The paper's Table 1-4 format per training family (AP and ACC), and a summary over training families."""
+    """The paper's Table 1-4 format per training set (AP and ACC), and a summary over training sets."""
     families = list(cfg.build.families)
     tables: dict[str, ResultsTable] = {}
     n_seeds = results["seed"].nunique()
@@ -210,39 +290,47 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
         if n_seeds > 1
         else ()
     )
-    mean = results.groupby(["train_family", "head", "test_family"], sort=False)[["ap", "acc"]].mean().reset_index()
+    unseen_label = _unseen_label(cfg)
+    mean = _mean_frame(results, ["ap", "acc"])
     for fam in cfg.training_families():
+        name, seen = cfg.train_set_name(fam), cfg.seen_families(fam)
         for metric in ("ap", "acc"):
             rows = {}
             for head in cfg.heads:
-                sub = mean[(mean["train_family"] == fam) & (mean["head"] == head)].set_index("test_family")[metric]
-                values = {(f"{g} (train)" if g == fam else g): 100 * sub[g] for g in families}
-                unseen = [100 * sub[g] for g in families if g != fam]
-                values["Unseen"] = float(np.mean(unseen))
+                sub = mean[(mean["train_family"] == name) & (mean["head"] == head)].set_index("test_family")[metric]
+                values = {(f"{g} (train)" if g in seen else g): 100 * sub[g] for g in families}
+                unseen = [100 * sub[g] for g in families if g not in seen]
+                values[unseen_label] = float(np.mean(unseen))
                 values["Avg"] = float(np.mean([100 * sub[g] for g in families]))
                 rows[HEAD_LABELS.get(head, head)] = values
             frame = pd.DataFrame.from_dict(rows, orient="index").round(2)
             frame.index.name = "method"
-            notes = (
-                f"Trained on {fam} (its column is the in-distribution test); Unseen = mean over the other "
-                f"{len(families) - 1} families; Avg = mean over all {len(families)}, as the paper's Avg.",
-                *seeds_note,
-            )
-            tables[f"{fam}/{metric}"] = ResultsTable(frame=frame, metric=metric, notes=notes)
+            if _loo(cfg):
+                first = (
+                    f"Trained on {', '.join(seen)} together (their columns are in-distribution tests), {fam} left "
+                    f"out; Left out = the AP on {fam}; Avg = mean over all {len(families)}, as the paper's Avg."
+                )
+            else:
+                first = (
+                    f"Trained on {fam} (its column is the in-distribution test); Unseen = mean over the other "
+                    f"{len(families) - 1} families; Avg = mean over all {len(families)}, as the paper's Avg."
+                )
+            tables[f"{name}/{metric}"] = ResultsTable(frame=frame, metric=metric, notes=(first, *seeds_note))
     rows = {}
     for head in cfg.heads:
-        sub = mean[(mean["head"] == head) & (mean["train_family"] != mean["test_family"])]
+        sub = mean[(mean["head"] == head) & ~mean["seen"].astype(bool)]
         per_train = sub.groupby("train_family")["ap"].mean()
-        values = {f: 100 * per_train[f] for f in cfg.training_families()}
+        values = {name: 100 * per_train[name] for name in cfg.train_sets()}
         values["Avg"] = float(np.mean(list(values.values())))
         rows[HEAD_LABELS.get(head, head)] = values
     frame = pd.DataFrame.from_dict(rows, orient="index").round(2)
     frame.index.name = "method"
-    tables["summary"] = ResultsTable(
-        frame=frame,
-        metric="ap",
-        notes=("Each column: trained on that family, mean AP over the families it did not see.", *seeds_note),
+    note = (
+        "Each column: trained on every family but the one named, AP on that family."
+        if _loo(cfg)
+        else "Each column: trained on that family, mean AP over the families it did not see."
     )
+    tables["summary"] = ResultsTable(frame=frame, metric="ap", notes=(note, *seeds_note))
     return tables
 
 
@@ -262,13 +350,14 @@ SPREAD_COLUMNS = [
 def seed_spread_frame(results: pd.DataFrame, cfg: DemoConfig) -> pd.DataFrame | None:
     """The spread over training seeds (seeds.csv); None with fewer than two seeds (no std to give).
 
-    One row per head, ``test`` ("unseen": the families the head was not trained on; "seen": its own family, the
-    in-distribution test) and ``train_family`` (one training family, or "all": every training family). For each
-    seed, the mean AP and ACC over that row's (training family, test family) pairs; then ``*_mean`` and
-    ``*_std``: the mean and the sample standard deviation (ddof=1) of those per-seed means over the seeds
-    (``causalclip.paper.experiment.seed_spread``). Every training family has the same number of unseen families,
-    so "all" is the mean over training families of the per-family value, the tables' "Avg". ``ap_min``: the
-    lowest single AP among the row's pairs and seeds. Fractions (0-1), like results.csv."""
+    One row per head, ``test`` ("unseen": the families the head was not trained on; "seen": the families it was
+    trained on, the in-distribution test) and ``train_family`` (one training family as in results.csv, e.g.
+    "all-but-vae" in leave-one-out, or "all": every training family). For each seed, the mean AP and ACC over that
+    row's (training family, test family) pairs; then ``*_mean`` and ``*_std``: the mean and the sample standard
+    deviation (ddof=1) of those per-seed means over the seeds (``causalclip.paper.experiment.seed_spread``). Every
+    training family has the same number of unseen families (one-family: all but one; leave-one-out: one), so "all"
+    is the mean over training families of the per-family value, the tables' "Avg". ``ap_min``: the lowest single
+    AP among the row's pairs and seeds. Fractions (0-1), like results.csv."""
     from ..paper.experiment import seed_spread
 
     if results["seed"].nunique() < 2:
@@ -276,7 +365,7 @@ def seed_spread_frame(results: pd.DataFrame, cfg: DemoConfig) -> pd.DataFrame | 
     seen = results["seen"].astype(bool)
     parts = []
     for test, mask in (("unseen", ~seen), ("seen", seen)):
-        for fam in (*cfg.training_families(), "all"):
+        for fam in (*cfg.train_sets(), "all"):
             sub = results[mask if fam == "all" else mask & (results["train_family"] == fam)]
             part = seed_spread(sub.rename(columns={"head": "method"})).rename(columns={"method": "head"})
             part["ap_min"] = sub.groupby("head")["ap"].min().reindex(part["head"]).to_numpy()
@@ -297,19 +386,32 @@ def _markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def spread_markdown(spread: pd.DataFrame, *, acc_table: bool = True) -> str:
-    """The spread over seeds as Markdown: unseen-family AP (and ACC) per training family, then one row per head."""
+def spread_markdown(spread: pd.DataFrame, *, acc_table: bool = True, protocol: str = "one-family") -> str:
+    """The spread over seeds as Markdown: unseen-family AP (and ACC) per training family, then one row per head.
+    With ``protocol`` "leave-one-out" the unseen family is the one left out, and the wording says so."""
     n = int(spread["n_seeds"].min())
     heads = list(dict.fromkeys(spread["head"]))
     fams = [f for f in dict.fromkeys(spread["train_family"]) if f != "all"]
     cell = spread.set_index(["head", "test", "train_family"])
+    loo = protocol == "leave-one-out"
+    if loo:
+        what = (
+            "left out: the AP on the family left out of training; in-distribution: the mean over the "
+            "training families' own tests"
+        )
+    else:
+        what = "unseen: over the families not seen in training; in-distribution: over the training families' own test"
     lines = [
-        f"Over {n} training seeds: mean ± sample standard deviation (ddof=1) over the seeds of each seed's mean "
-        "(unseen: over the families not seen in training; in-distribution: over the training families' own test).",
+        f"Over {n} training seeds: mean ± sample standard deviation (ddof=1) over the seeds of each seed's mean ({what}).",
         "",
     ]
     for metric in ("ap", "acc") if acc_table else ("ap",):
-        lines.append(f"Unseen-family {metric.upper()} (%) per training family; Avg = over all training families:")
+        if loo:
+            lines.append(
+                f"{metric.upper()} (%) on the family left out, per training set; Avg = over all training sets:"
+            )
+        else:
+            lines.append(f"Unseen-family {metric.upper()} (%) per training family; Avg = over all training families:")
         lines.append("")
         rows = []
         for head in heads:
@@ -317,7 +419,7 @@ def spread_markdown(spread: pd.DataFrame, *, acc_table: bool = True) -> str:
             rows.append([HEAD_LABELS.get(head, head), *[_pm(v[f"{metric}_mean"], v[f"{metric}_std"]) for v in values]])
         lines += _markdown_rows(["Method", *fams, "Avg"], rows)
         lines.append("")
-    lines.append("Per head, over all training families:")
+    lines.append(f"Per head, over all training {'sets' if loo else 'families'}:")
     lines.append("")
     rows = []
     for head in heads:
@@ -331,7 +433,8 @@ def spread_markdown(spread: pd.DataFrame, *, acc_table: bool = True) -> str:
                 f"{100 * s['ap_min']:.2f}",
             ]
         )
-    header = ["Method", "unseen AP", "unseen ACC", "in-distribution AP", "lowest in-distribution AP"]
+    unseen = "left-out" if loo else "unseen"
+    header = ["Method", f"{unseen} AP", f"{unseen} ACC", "in-distribution AP", "lowest in-distribution AP"]
     lines += _markdown_rows(header, rows)
     return "\n".join(lines) + "\n"
 
@@ -345,8 +448,8 @@ def _plots(results: pd.DataFrame, cfg: DemoConfig, out: Path) -> list[Path]:
         log.warning("matplotlib is not installed; no plots (pip install 'causalclip[demo]')")
         return []
     out.mkdir(parents=True, exist_ok=True)
-    mean = results.groupby(["train_family", "head", "test_family"], sort=False)["ap"].mean().reset_index()
-    trains, heads, tests = list(cfg.training_families()), list(cfg.heads), list(cfg.build.families)
+    mean = _mean_frame(results, ["ap"])
+    trains, heads, tests = list(cfg.train_sets()), list(cfg.heads), list(cfg.build.families)
     written = []
 
     fig = Figure(figsize=(1.6 + 1.5 * len(trains), 3.4))
@@ -354,13 +457,13 @@ def _plots(results: pd.DataFrame, cfg: DemoConfig, out: Path) -> list[Path]:
     ax = fig.add_subplot()
     width = 0.8 / len(heads)
     for k, head in enumerate(heads):
-        sub = mean[(mean["head"] == head) & (mean["train_family"] != mean["test_family"])]
+        sub = mean[(mean["head"] == head) & ~mean["seen"].astype(bool)]
         vals = [100 * sub[sub["train_family"] == f]["ap"].mean() for f in trains]
         xs = np.arange(len(trains)) + (k - (len(heads) - 1) / 2) * width
         ax.bar(xs, vals, width, label=HEAD_LABELS.get(head, head))
     ax.set_xticks(np.arange(len(trains)), trains)
-    ax.set_xlabel("training family")
-    ax.set_ylabel("AP on unseen families (%)")
+    ax.set_xlabel("training set" if _loo(cfg) else "training family")
+    ax.set_ylabel("AP on the family left out (%)" if _loo(cfg) else "AP on unseen families (%)")
     ax.set_ylim(0, 100)
     ax.axhline(50, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=8, loc="lower right")
@@ -401,7 +504,8 @@ def run_demo(
     overwrite: bool = False,
     progress: bool = False,
 ) -> DemoResult:
-    """Build or reuse the benchmark, extract, train every head on every family, evaluate on all, report."""
+    """Build or reuse the benchmark, extract, train every head on every family (protocol "one-family") or on all
+    families but each one in turn ("leave-one-out"), evaluate on all, report."""
     from ..backbones.registry import load_backbone
     from ..detector.folder import export_detector_from_feature_set
     from ..evaluation.evaluate import evaluate
@@ -415,6 +519,10 @@ def run_demo(
         raise DemoError(f"training family(ies) {unknown} are not among the benchmark's {list(cfg.build.families)}")
     if not cfg.seeds:
         raise DemoError("at least one seed is needed")
+    if cfg.protocol not in PROTOCOLS:
+        raise DemoError(f"unknown protocol {cfg.protocol!r}; available: {list(PROTOCOLS)}")
+    if _loo(cfg) and len(cfg.build.families) < 2:
+        raise DemoError("the leave-one-out protocol needs at least two generator families")
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -429,6 +537,8 @@ def run_demo(
     log.info("extracting %s features (%d-d) of every tile", spec, backbone.dim)
     all_sets = {split: _extract_split(bench, split, out, backbone, cfg, progress) for split in SPLITS}
     sets = _family_sets(all_sets, cfg.build.families, out)
+    if _loo(cfg):
+        sets.update(_leave_one_out_sets(all_sets, cfg.build.families, cfg.training_families(), out))
     seconds["extract"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -436,14 +546,15 @@ def run_demo(
     threads = torch.get_num_threads()
     try:
         for fam in cfg.training_families():
+            name, seen = cfg.train_set_name(fam), cfg.seen_families(fam)
             for head in cfg.heads:
                 for seed in cfg.seeds:
-                    run_dir = out / "runs" / fam / f"{head}-seed{seed}"
+                    run_dir = out / "runs" / name / f"{head}-seed{seed}"
                     rc = resolve_run_config(head, overrides=_overrides(cfg, seed))
                     with _quiet_training():
                         res = train(
-                            train_set=sets[(fam, "train")],
-                            val_set=sets[(fam, "val")],
+                            train_set=sets[(name, "train")],
+                            val_set=sets[(name, "val")],
                             out=run_dir,
                             run_config=rc,
                             progress=False,
@@ -452,24 +563,25 @@ def run_demo(
                         ev = evaluate(
                             run_dir,
                             [sets[(g, "test")] for g in cfg.build.families],
-                            out=out / "eval" / fam / f"{head}-seed{seed}",
+                            out=out / "eval" / name / f"{head}-seed{seed}",
                         )
-                    runs[(fam, head, seed)] = run_dir
+                    runs[(name, head, seed)] = run_dir
                     metrics = ev.metrics[ev.metrics["generator"] != "mean"]
                     for _, m in metrics.iterrows():
                         rows.append(
                             {
-                                "train_family": fam,
+                                "train_family": name,
                                 "head": head,
                                 "seed": seed,
                                 "test_family": m["generator"],
-                                "seen": m["generator"] == fam,
+                                "seen": m["generator"] in seen,
                                 **{k: m[k] for k in ("n_real", "n_fake", "ap", "acc", "real_acc", "fake_acc")},
                                 "best_epoch": res.best_epoch,
                             }
                         )
-                    unseen = metrics[metrics["generator"] != fam]["ap"].mean()
-                    log.info("trained %s on %s (seed %d): unseen-family AP %.2f", head, fam, seed, 100 * unseen)
+                    unseen = metrics[~metrics["generator"].isin(seen)]["ap"].mean()
+                    what = "left-out-family" if _loo(cfg) else "unseen-family"
+                    log.info("trained %s on %s (seed %d): %s AP %.2f", head, name, seed, what, 100 * unseen)
     finally:
         torch.set_num_threads(threads)
     seconds["train_and_evaluate"] = time.perf_counter() - t0
@@ -486,17 +598,22 @@ def run_demo(
     if cfg.plots:
         _plots(results, cfg, out / "plots")
 
-    det_family = cfg.detector_family or cfg.training_families()[0]
-    det_run = runs.get((det_family, cfg.detector_head, cfg.seeds[0]))
+    det_set = cfg.train_set_name(cfg.detector_family or cfg.training_families()[0])
+    det_run = runs.get((det_set, cfg.detector_head, cfg.seeds[0]))
     detector = None
     if det_run is None:
-        log.warning("no run of %s on %s: no detector folder written", cfg.detector_head, det_family)
+        log.warning("no run of %s on %s: no detector folder written", cfg.detector_head, det_set)
     else:
         detector = export_detector_from_feature_set(
             det_run,
-            sets[(det_family, "train")],
+            sets[(det_set, "train")],
             out / "detector",
-            provenance={"demo": str(out.resolve()), "benchmark": str(bench.root), "train_family": det_family},
+            provenance={
+                "demo": str(out.resolve()),
+                "benchmark": str(bench.root),
+                "train_family": det_set,
+                "protocol": cfg.protocol,
+            },
             overwrite=True,
         )
     seconds["total"] = time.perf_counter() - t_all
@@ -509,7 +626,9 @@ def run_demo(
             "backbone": spec,
             "backbone_record": backbone.describe(),
             "heads": list(cfg.heads),
-            "train_families": list(cfg.training_families()),
+            "protocol": cfg.protocol,
+            "train_families": list(cfg.train_sets()),  # results.csv's train_family values
+            "left_out_families": list(cfg.training_families()) if _loo(cfg) else None,
             "seeds": list(cfg.seeds),
             "code_revision": code_revision(),
             "train_overrides": dict(cfg.train_overrides),
@@ -530,6 +649,7 @@ def run_demo(
         seconds=seconds,
         benchmark=bench,
         spread=spread,
+        config=cfg,
     )
 
 
@@ -537,31 +657,45 @@ def render_tables(
     tables: dict[str, ResultsTable], cfg: DemoConfig, spec: str, spread: pd.DataFrame | None = None
 ) -> str:
     """results.md: the summary first, the spread over seeds (two or more seeds), then AP and ACC per family."""
+    title = (
+        "# Offline demo, leave-one-out: train on all generator families but one, test on all"
+        if _loo(cfg)
+        else "# Offline demo: train on one generator family, test on all"
+    )
     lines = [
-        "# Offline demo: train on one generator family, test on all",
+        title,
+        "",
+        _protocol_line(cfg),
         "",
         f"Backbone: `{spec}` (weight-free forensic features, not CLIP). Heads trained by causalclip.train with "
         f"{', '.join(f'{k}={v}' for k, v in cfg.train_overrides)}.",
         "",
-        tables["summary"].to_markdown(caption="Mean AP (%) on the families not seen in training, per training family."),
+        tables["summary"].to_markdown(caption=_summary_caption(cfg)),
     ]
     if spread is not None:
-        lines.append(spread_markdown(spread))
+        lines.append(spread_markdown(spread, protocol=cfg.protocol))
     for fam in cfg.training_families():
+        name = cfg.train_set_name(fam)
+        trained = f"all families but **{fam}**" if _loo(cfg) else f"**{fam}**"
         for metric in ("ap", "acc"):
-            t = tables[f"{fam}/{metric}"]
-            lines.append(t.to_markdown(caption=f"Trained on **{fam}**: {t.label} (%) per test family."))
+            t = tables[f"{name}/{metric}"]
+            lines.append(t.to_markdown(caption=f"Trained on {trained}: {t.label} (%) per test family."))
     return "\n".join(lines)
 
 
 def summary_text(result: DemoResult) -> str:
-    """What the command prints: the summary table and the per-family AP tables, as Markdown."""
-    parts = [result.tables["summary"].to_markdown(caption="Mean AP (%) on unseen families, per training family:")]
+    """What the command prints: the protocol, the summary table and the per-family AP tables, as Markdown."""
+    cfg = result.config or DemoConfig()
+    loo = _loo(cfg)
+    caption = _summary_caption(cfg) if loo else "Mean AP (%) on unseen families, per training family:"
+    parts = [_protocol_line(cfg) + "\n", result.tables["summary"].to_markdown(caption=caption)]
     if result.spread is not None:
-        parts.append(spread_markdown(result.spread, acc_table=False))
+        parts.append(spread_markdown(result.spread, acc_table=False, protocol=cfg.protocol))
     for key, table in result.tables.items():
         if key.endswith("/ap"):
-            parts.append(table.to_markdown(caption=f"Trained on {key[:-3]}: AP (%)"))
+            name = key[:-3]
+            trained = f"all families but {name.removeprefix('all-but-')}" if loo else name
+            parts.append(table.to_markdown(caption=f"Trained on {trained}: AP (%)"))
     total = result.seconds.get("total", math.nan)
     parts.append(f"done in {total:.0f} s; tables in {result.out / 'results.md'}, detector in {result.detector}")
     return "\n".join(parts)
