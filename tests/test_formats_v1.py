@@ -137,3 +137,11 @@ def test_re_extraction_writes_the_same_features(backbone, tmp_path):
     pd.testing.assert_frame_equal(fs.samples, old.samples)
     errors = pd.read_csv(D / "features" / "errors.csv")
     pd.testing.assert_frame_equal(res.errors.reset_index(drop=True), errors, check_dtype=False)
+
+
+def test_score_refuses_a_bare_image_and_the_engine_says_what_it_holds():
+    pytest.importorskip("transformers")
+    engine = cc.load_detector(D / "detector", backbone_model=str(D / "clip"))
+    with pytest.raises(TypeError, match=r"list of images; got one str: pass \[image\]"):
+        engine.score(str(D / "images" / "a.png"))  # a string would otherwise be scored character by character
+    assert "DetectionEngine(" in repr(engine) and "detector" in repr(engine) and "clip" in repr(engine)

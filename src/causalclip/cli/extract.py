@@ -122,7 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="ID_OR_PATH",
         help="CLIP hub id or local folder (default: CLIP ViT-L/14), or a weight-free spec such as spectrum+npr",
     )
-    x.add_argument("--feature", choices=["image_embeds", "pooled"], default=ClipSpec.feature)
+    x.add_argument(
+        "--feature", choices=["image_embeds", "pooled"], default=ClipSpec.feature, help="default %(default)s"
+    )
     x.add_argument("--normalize", action="store_true", help="L2-normalise the features")
     x.add_argument(
         "--preprocess",
@@ -137,7 +139,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     x.add_argument("--out", required=True, metavar="DIR")
     x.add_argument("--max-per-class", type=int, help="balanced seeded sampling: at most N per generator and class")
-    x.add_argument("--seed", type=int, default=0, help="seed of --max-per-class sampling and --augment")
+    x.add_argument(
+        "--seed", type=int, default=0, help="seed of --max-per-class sampling and --augment (default %(default)s)"
+    )
     x.add_argument(
         "--batch-size", type=int, default=ExtractConfig.batch_size, help="default %(default)s (CPU); 256 on a GPU"
     )
@@ -154,20 +158,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"per core, at most 4, for jobs of at least {AUTO_PROCESSES_MIN_IMAGES} images; 1 = one process, --workers "
         "decode); ignored on a GPU",
     )
-    x.add_argument("--dtype", choices=["float16", "float32"], default=ExtractConfig.storage_dtype, help="storage dtype")
-    x.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    x.add_argument(
+        "--dtype",
+        choices=["float16", "float32"],
+        default=ExtractConfig.storage_dtype,
+        help="storage dtype (default %(default)s)",
+    )
+    x.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto (default): bf16 where native, fp16 on older GPUs, else fp32",
+    )
     x.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
         help=f"torch.compile the backbone (default: on CPU, for jobs of at least {AUTO_COMPILE_MIN_IMAGES} images)",
     )
-    x.add_argument("--device", default="cpu")
+    x.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     x.add_argument("-q", "--quiet", action="store_true")
     r = x.add_argument_group("distributed (--engine ray; docs/guides/distributed.md)")
-    r.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data on a Ray cluster")
+    r.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="local (default) or ray: Ray Data on a Ray cluster"
+    )
     r.add_argument("--ray-address", metavar="ADDR", help="auto (this node's cluster), ray://HEAD:10001; default local")
     r.add_argument("--actors", type=int, help="backbone actors (default: one per GPU, or CPUs / 2)")
     r.add_argument("--gpus-per-actor", type=float, help="default 1 with --device cuda, else 0 (CPU actors)")
-    r.add_argument("--cpus-per-actor", type=float, default=1.0)
+    r.add_argument(
+        "--cpus-per-actor", type=float, default=1.0, help="CPUs Ray reserves per actor (default %(default)s)"
+    )
     x.set_defaults(func=_cmd_extract)

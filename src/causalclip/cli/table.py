@@ -55,7 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("evals", nargs="+", metavar="[NAME=]DIR", help="evaluation folder (metrics.csv) per run")
     t.add_argument("--metric", choices=["ap", "acc", "real_acc", "fake_acc"], default="ap")
     t.add_argument(
-        "--setting", choices=["sd14", "progan", "none"], default="sd14", help="paper rows to show; none: ours only"
+        "--setting",
+        choices=["sd14", "progan", "none"],
+        default="sd14",
+        help="paper rows to show; none: ours only (columns are always the paper's test sets)",
     )
     t.add_argument("--paper-methods", nargs="+", metavar="METHOD", help="only these of the paper's rows")
     t.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")

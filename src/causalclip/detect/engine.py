@@ -299,6 +299,13 @@ class DetectionEngine:
 
     # ---- pixels
 
+    def __repr__(self) -> str:
+        return (
+            f"DetectionEngine({str(self.detector.folder)!r}, backbone {self.backbone.describe().get('name')!r}, "
+            f"device {str(self.device)!r}, precision {self.precision!r}, threshold {self.threshold:.4g}, "
+            f"crops {self.crops!r})"
+        )
+
     def crops_of(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (k, 3, S, S) float32 backbone inputs: the centre crop, or the grid's tiles."""
         if self.crops == "center":
@@ -395,6 +402,8 @@ class DetectionEngine:
         :meth:`detect_paths`. In-memory images follow the same rules as files (EXIF orientation, alpha on black).
         Inputs are decoded ``batch_size`` at a time, so memory does not grow with their number.
         """
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            raise TypeError(f"score() takes a list of images; got one {type(images).__name__}: pass [image]")
         out: list[Detection] = []
         chunk: list[_Prepared] = []
         for i, item in enumerate(images):

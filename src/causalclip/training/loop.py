@@ -231,15 +231,17 @@ def train(
             freqs = np.stack(freq_history).astype(np.float32)
             atomic_write(out / "mask_frequency.npy", lambda p, f=freqs: save_npy(p, f))
         log.info(
-            "epoch %d: val AP %.4f ACC %.4f%s (%.0f samples/s)",
+            "epoch %d: val AP %.4f ACC %.4f%s%s (%.0f samples/s)",
             epoch,
             val["ap"],
             val["acc"],
+            f", held-out AP {heldout['ap']:.4f} ACC {heldout['acc']:.4f}" if heldout else "",
             "".join(f", {k} {v:.4g}" for k, v in diag.items() if isinstance(v, float)),
             row["samples_per_s"],
         )
 
         ref = heldout or val  # selection and early stopping: held-out generators when there are any
+        which = "held-out" if heldout else "val"
         score = -ref["loss"] if cfg.early_stop_metric == "loss" else ref[cfg.early_stop_metric]
         eligible = epoch >= min(cfg.min_epochs, cfg.epochs)  # a run shorter than min_epochs keeps its last epochs
         if eligible and score >= best_score:  # ties: the later epoch, trained longer at the same validation score
@@ -251,7 +253,7 @@ def train(
             bad_epochs += 1
         if bad_epochs >= cfg.patience:
             if not cfg.lr_decay_on_plateau:
-                stop_reason = f"no val {cfg.early_stop_metric} improvement for {cfg.patience} epochs"
+                stop_reason = f"no {which} {cfg.early_stop_metric} improvement for {cfg.patience} epochs"
                 break
             n_decays += 1
             lr = cfg.lr / 10**n_decays  # not lr /= 10: repeated division drifts (1e-4/10/10 > 1e-6)
@@ -262,7 +264,7 @@ def train(
                 for pg in opt.param_groups:
                     pg["lr"] = lr
             bad_epochs = 0
-            log.info("val %s plateaued: lr -> %.1e", cfg.early_stop_metric, lr)
+            log.info("%s %s plateaued: lr -> %.1e", which, cfg.early_stop_metric, lr)
 
     assert best_state is not None
     model.load_state_dict(best_state)
