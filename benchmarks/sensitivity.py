@@ -1,7 +1,8 @@
-"""Sensitivity of CausalCLIP to lambda1, lambda2, alpha, beta, p and tau on the synthetic SCM benchmark.
+"""Sensitivity of CausalCLIP to lambda1, lambda2, alpha, beta, p and tau on the SCM and the demo benchmark.
 
     python benchmarks/sensitivity.py --out runs/sensitivity            # 18 settings x 3 seeds, ~15-25 min on 2 cores
     python benchmarks/sensitivity.py --out runs/sensitivity --replot   # tables and figure again from runs.csv
+    python benchmarks/sensitivity.py --out runs/sensitivity-demo --demo-dir runs/demo   # the demo benchmark
 
 One-at-a-time sweeps around the package defaults (``CausalCLIPConfig()``): each parameter takes the values of
 SWEEPS while every other key keeps its default; the all-defaults setting is run once per seed and shared by the six
@@ -10,6 +11,13 @@ with that script's ``write_scm_benchmark`` / ``run_job``: train on generator 0, 
 validation split. One other generator (``--val-generator``, default 3) is the *validation generator*: its
 validation split is scored for every run, it is what a user may select on, and it is never a test generator. The
 held-out *test* AP is the mean over the remaining generators.
+
+Demo mode (``--demo-dir``, the folder of a ``causalclip demo`` run, protocol one-family): the same sweeps on the
+demo's per-family feature sets ``features/<family>/{train,val,test}``. CausalCLIP is trained with the demo's own
+training settings (``causalclip.demo.run.DEFAULT_TRAIN``) on ``--train-family``'s train split, early stopping on its
+val split; ``--val-family``'s test split is the selection signal (never tested); the test AP is the mean over the
+test splits of the remaining families. The demo has no known causal dimensions, so there is no mask-recovery AUC;
+the mean mask is reported per feature block of the demo's backbone instead (e.g. spectrum / NPR).
 
 Per setting (mean and sample std over seeds): gen0 validation AP, validation-generator AP, test AP, the fraction of
 dimensions the mask keeps, nHSIC and HSIC(Zc, Znc), the adversary's and a fresh logistic probe's accuracy on Znc,
@@ -39,8 +47,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from causalclip import load_head, open_feature_set
+from causalclip import evaluate, load_head, open_feature_set
 from causalclip.core.revision import code_revision
+from causalclip.demo.run import DEFAULT_TRAIN
 from causalclip.features.synthetic import SCMSpec, write_scm_benchmark
 from causalclip.heads.causalclip import CausalCLIPConfig
 
@@ -144,8 +153,12 @@ def saved_epoch_terms(run_dir: Path, best_epoch: int) -> dict[str, float]:
     return out
 
 
-def complete_row(row: dict[str, Any], job: Job, dim: int) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Add the diagnostics run_job does not copy (summary.json), the saved epoch's gradient shares, dims kept."""
+def complete_row(
+    row: dict[str, Any], job: Job, dim: int, blocks: dict[str, list[int]] | None = None
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Add the diagnostics run_job does not copy (summary.json), the saved epoch's gradient shares, dims kept; the
+    AP/ACC on the extra test sets ``job.sets["test:<name>"]`` (demo: one set per test family, which run_job does not
+    evaluate) and the mean mask per feature block (``blocks``: name -> [start, stop))."""
     if "error" in row:
         return row, None
     run_dir = Path(job.run_dir)
@@ -155,7 +168,66 @@ def complete_row(row: dict[str, Any], job: Job, dim: int) -> tuple[dict[str, Any
             row[f"diag_{key}"] = value
     row.update(saved_epoch_terms(run_dir, int(row["best_epoch"])))
     row["dims_kept"] = row["diag_mask_dims_selected"] / dim
-    return row, mean_mask(run_dir, job.sets["val"])
+    extra = {k.removeprefix("test:"): v for k, v in job.sets.items() if k.startswith("test:")}
+    if extra:
+        metrics = evaluate(run_dir, list(extra.values()), out=run_dir / "eval_tests").metrics
+        for _, r in metrics[metrics["generator"] != "mean"].iterrows():
+            row[f"test_{r['generator']}_ap"] = float(r["ap"])
+            row[f"test_{r['generator']}_acc"] = float(r["acc"])
+    mask = mean_mask(run_dir, job.sets["val"])
+    for name, (a, b) in (blocks or {}).items():
+        row[f"mask_block_{name}"] = float(mask[a:b].mean())
+    return row, mask
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the demo benchmark
+
+
+def demo_sets(demo_dir: Path, train: str, val: str) -> tuple[dict[str, str], list[str], dict[str, Any]]:
+    """The feature sets of one-family runs on a ``causalclip demo`` output folder: train / val / test of the training
+    family, ``val_heldout`` = the validation family's test split (selection only), ``test:<family>`` = the test
+    split of each remaining family. Returns (sets, families, facts: dim, feature blocks, the demo's provenance)."""
+    record = demo_dir / "demo.json"
+    if not record.is_file():
+        raise SystemExit(f"--demo-dir {demo_dir}: no demo.json (not the output folder of `causalclip demo`)")
+    demo = json.loads(record.read_text(encoding="utf-8"))
+    families = list(demo["build"]["families"])
+    for opt, fam in (("--train-family", train), ("--val-family", val)):
+        if fam not in families:
+            raise SystemExit(f"{opt} {fam!r}: not a family of this demo ({families})")
+    if train == val:
+        raise SystemExit("--val-family must differ from --train-family")
+
+    def path(fam: str, split: str) -> str:
+        p = demo_dir / "features" / fam / split
+        if not (p / "meta.json").is_file():
+            raise SystemExit(f"{p}: no feature set (the demo writes features/<family>/<split>)")
+        return str(p)
+
+    sets = {"train": path(train, "train"), "val": path(train, "val"), "test": path(train, "test")}
+    sets["val_heldout"] = path(val, "test")
+    sets.update({f"test:{f}": path(f, "test") for f in families if f not in (train, val)})
+    fs = open_feature_set(sets["train"])
+    blocks, start = {}, 0
+    for part in (fs.meta.get("backbone") or {}).get("parts", []):
+        blocks[str(part["name"])] = [start, start + int(part["dim"])]
+        start += int(part["dim"])
+    if start != fs.dim:
+        blocks = {}
+    facts = {
+        "dim": fs.dim,
+        "blocks": blocks,
+        "demo": {
+            "dir": str(demo_dir.resolve()),
+            "benchmark": demo.get("benchmark"),
+            "backbone": demo.get("backbone"),
+            "code_revision": demo.get("code_revision"),
+            "seeds": demo.get("seeds"),
+            "n": {k: len(open_feature_set(v)) for k, v in sets.items()},
+        },
+    }
+    return sets, families, facts
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,7 +285,7 @@ def paired_wins(df: pd.DataFrame, name: str, column: str) -> str:
 
 
 def build_summary(ok: pd.DataFrame, masks: dict[tuple[str, int], np.ndarray], names: Sequence[str]) -> pd.DataFrame:
-    agg = aggregate(ok, METRICS)
+    agg = aggregate(ok, METRICS + [c for c in ok.columns if c.startswith("mask_block_")])
     meta = ok.groupby("name", sort=False)[["param", "value"]].first()
     agg.insert(0, "param", meta["param"])
     agg.insert(1, "value", meta["value"])
@@ -222,7 +294,7 @@ def build_summary(ok: pd.DataFrame, masks: dict[tuple[str, int], np.ndarray], na
         agg[f"d_{col}"] = agg[col] - agg.loc[DEFAULTS_NAME, col]
     flags = ["test_ap", "heldout_val_ap", "val_ap", "dims_kept", "diag_nhsic", "diag_nc_probe_acc", "diag_adv_acc"]
     flags += ["mask_auc_causal_vs_spurious"]
-    for col in flags:
+    for col in [c for c in flags if c in ok.columns]:
         agg[f"sig_{col}"] = [beyond_spread(ok, n, col) if n != DEFAULTS_NAME else "" for n in agg.index]
     for col in ("test_ap", "heldout_val_ap"):
         agg[f"wins_{col}"] = [paired_wins(ok, n, col) if n != DEFAULTS_NAME else "" for n in agg.index]
@@ -245,11 +317,21 @@ def _flag(r: pd.Series, col: str) -> str:
     return {"+": " ↑", "-": " ↓"}.get(f if isinstance(f, str) else "", "")
 
 
-def tables(agg: pd.DataFrame, val_gen: str) -> dict[str, tuple[list[str], list[list[str]]]]:
-    main_h = ["setting", "gen0 val AP", f"{val_gen} val AP (select)", "test AP", "dims kept", "nHSIC", "HSIC"]
-    main_h += ["adv acc Znc", "probe Znc", "AUC causal/spur."]
+def tables(agg: pd.DataFrame, val_label: str, train_gen: str = "gen0") -> dict[str, tuple[list[str], list[list[str]]]]:
+    """The main, gradient and selection tables; ``val_label`` names the selection score (e.g. "gen3 val AP")."""
+    has_auc = "mask_auc_causal_vs_spurious" in agg.columns  # SCM only: the demo has no known causal dims
+    main_h = ["setting", f"{train_gen} val AP", f"{val_label} (select)", "test AP", "dims kept", "nHSIC", "HSIC"]
+    main_h += ["adv acc Znc", "probe Znc"] + (["AUC causal/spur."] if has_auc else [])
     main_r = []
     for name, r in agg.iterrows():
+        auc = (
+            [
+                _pm(r["mask_auc_causal_vs_spurious"], r["mask_auc_causal_vs_spurious_std"], 1, ".3f")
+                + _flag(r, "mask_auc_causal_vs_spurious")
+            ]
+            if has_auc
+            else []
+        )
         main_r.append(
             [
                 name,
@@ -261,29 +343,26 @@ def tables(agg: pd.DataFrame, val_gen: str) -> dict[str, tuple[list[str], list[l
                 _pm(r["diag_hsic"], np.nan, 1, ".4f"),
                 _pm(r["diag_adv_acc"], r["diag_adv_acc_std"], 1, ".3f") + _flag(r, "diag_adv_acc"),
                 _pm(r["diag_nc_probe_acc"], r["diag_nc_probe_acc_std"], 1, ".3f") + _flag(r, "diag_nc_probe_acc"),
-                _pm(
-                    r.get("mask_auc_causal_vs_spurious", np.nan),
-                    r.get("mask_auc_causal_vs_spurious_std", np.nan),
-                    1,
-                    ".3f",
-                )
-                + _flag(r, "mask_auc_causal_vs_spurious"),
+                *auc,
             ]
         )
+    block_cols = [c for c in agg.columns if c.startswith("mask_block_") and not c.endswith("_std")]
+    if block_cols:  # the demo: mean mask per feature block of the backbone
+        block_label = "M " + "/".join(c.removeprefix("mask_block_") for c in block_cols)
+    else:  # the SCM's blocks
+        block_cols = ["mask_causal", "mask_family", "mask_own_specific", "mask_other_specific", "mask_nuisance"]
+        block_label = "M causal/family/own/other/nuis."
     grad_h = [
         "setting",
         *[f"share {t}" for t in TERMS],
         "norm grad cls",
-        "M causal/family/own/other/nuis.",
+        block_label,
         "mask dist ratio",
     ]
     grad_h += ["best epoch"]
     grad_r = []
     for name, r in agg.iterrows():
-        blocks = "/".join(
-            _pm(r.get(k, np.nan), np.nan, 1, ".2f")
-            for k in ("mask_causal", "mask_family", "mask_own_specific", "mask_other_specific", "mask_nuisance")
-        )
+        blocks = "/".join(_pm(r.get(k, np.nan), np.nan, 1, ".2f") for k in block_cols)
         grad_r.append(
             [
                 name,
@@ -294,7 +373,7 @@ def tables(agg: pd.DataFrame, val_gen: str) -> dict[str, tuple[list[str], list[l
                 _pm(r["best_epoch"], r["best_epoch_std"], 1, ".1f"),
             ]
         )
-    sel_h = ["parameter", "default", f"best on {val_gen} val AP", f"{val_gen} val AP: best / default", "beyond spread"]
+    sel_h = ["parameter", "default", f"best on {val_label}", f"{val_label}: best / default", "beyond spread"]
     sel_h += ["seeds better", "test: AP best / default", "test beyond spread", "test seeds better"]
     sel_r = []
     for param in SWEEPS:
@@ -322,7 +401,7 @@ def tables(agg: pd.DataFrame, val_gen: str) -> dict[str, tuple[list[str], list[l
     return {"main": (main_h, main_r), "grad": (grad_h, grad_r), "select": (sel_h, sel_r)}
 
 
-def plot(agg: pd.DataFrame, path: Path, val_gen: str, test_gens: Sequence[str], dpi: int) -> Path:
+def plot(agg: pd.DataFrame, path: Path, val_label: str, test_gens: Sequence[str], dpi: int) -> Path:
     """One panel per parameter: test AP and validation-generator AP (mean ± std over seeds) against the value, and
     the fresh probe's accuracy on Znc on a twin axis. Zero is drawn on a symlog axis (linear below the smallest
     positive value)."""
@@ -360,7 +439,7 @@ def plot(agg: pd.DataFrame, path: Path, val_gen: str, test_gens: Sequence[str], 
             capsize=3,
             ls="--",
             color="C2",
-            label=f"{val_gen} val AP (selection)",
+            label=f"{val_label} (selection)",
         )
         ax.axvline(defaults[param], color="0.6", lw=0.8, ls=":")
         ax.set_ylabel("AP (%)")
@@ -432,13 +511,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     size.add_argument("--n-train", type=int, default=2000, help="per class (2000)")
     size.add_argument("--n-val", type=int, default=500, help="per class, gen0 and the validation generator (500)")
     size.add_argument("--n-test", type=int, default=500, help="per class and generator (500)")
-    size.add_argument("--epochs", type=int, default=30, help="epoch cap (30, as scm_benchmark.py --quick)")
-    size.add_argument("--lr", type=float, default=1e-3)
-    size.add_argument("--batch-size", type=int, default=256)
+    size.add_argument(
+        "--epochs", type=int, default=None, help="epoch cap (30, as scm_benchmark.py --quick; demo: DEFAULT_TRAIN's)"
+    )
+    size.add_argument("--lr", type=float, default=None, help="(1e-3; demo: DEFAULT_TRAIN's)")
+    size.add_argument("--batch-size", type=int, default=None, help="(256; demo: DEFAULT_TRAIN's)")
+    demo = ap.add_argument_group("demo benchmark (instead of the SCM)")
+    demo.add_argument(
+        "--demo-dir", type=Path, default=None, help="output folder of `causalclip demo`: sweep on its family sets"
+    )
+    demo.add_argument("--train-family", default="tconv-gan", help="family trained on (tconv-gan)")
+    demo.add_argument(
+        "--val-family", default="vae", help="validation family: its test split selects, never a test (vae)"
+    )
     ap.add_argument("--jobs", type=int, default=2, help="parallel training processes, one torch thread each (2)")
     ap.add_argument("--dpi", type=int, default=100, help="figure resolution (100)")
     ap.add_argument("--replot", action="store_true", help="rebuild tables and figure from --out's runs.csv")
     return ap.parse_args(argv)
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """run_job's train overrides (keys without "train."): the SCM's --quick settings, or the demo's DEFAULT_TRAIN;
+    --epochs / --lr / --batch-size replace them when given."""
+    if args.demo_dir is None:
+        over: dict[str, Any] = {"epochs": 30, "lr": 1e-3, "batch_size": 256, "nc_probe_every": 0}
+    else:
+        over = {k.removeprefix("train."): v for k, v in DEFAULT_TRAIN.items()}
+    for key in ("epochs", "lr", "batch_size"):
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
+    return over
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -449,20 +551,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(params) - set(SWEEPS))
     if unknown:
         raise SystemExit(f"--params: unknown {unknown}; choose from {list(SWEEPS)}")
-    spec = SCMSpec(
-        seed=args.seed,
-        dim=args.dim,
-        n_causal=args.block,
-        n_family=args.block,
-        n_specific=args.block,
-        n_generators=args.n_generators,
-    )
-    spec.validate()
-    if not 0 < args.val_generator < spec.n_generators:
-        raise SystemExit(f"--val-generator must be in 1..{spec.n_generators - 1}")
-    gens = [f"gen{k}" for k in range(spec.n_generators)]
-    val_gen = f"gen{args.val_generator}"
-    test_gens = [g for g in gens if g not in ("gen0", val_gen)]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     env_path = out / "environment.json"
@@ -472,33 +560,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         df = pd.read_csv(out / "runs.csv")
         with np.load(out / "masks.npz") as z:
             masks = {(k.rsplit("|", 1)[0], int(k.rsplit("|", 1)[1])): z[k] for k in z.files}
-        # the run's generators, whatever this call's options say
-        spec = SCMSpec(**env["spec"])
-        gens = [f"gen{k}" for k in range(spec.n_generators)]
+        # the run's benchmark and generators, whatever this call's options say
+        kind = env.get("benchmark", "scm")
+        if kind == "scm":
+            spec = SCMSpec(**env["spec"])
+            gens = [f"gen{k}" for k in range(spec.n_generators)]
+            train_gen = "gen0"
+        else:
+            gens, train_gen = env["generators"], env["train_generator"]
         val_gen, test_gens = env["val_generator"], env["test_generators"]
     else:
         t_start = time.perf_counter()
+        kind = "scm" if args.demo_dir is None else "demo"
         env = {
             **machine_info(),
             "started_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             "source_digest_start": source_digest(),
             "argv": list(sys.argv[1:] if argv is None else argv),
-            "spec": dataclasses.asdict(spec),
+            "benchmark": kind,
             "defaults": dataclasses.asdict(CausalCLIPConfig()),
         }
         log.info("code %s (src digest %s); %s", env["code_revision"], env["source_digest_start"], env["cpu"])
-        sets = write_scm_benchmark(
-            out / "data",
-            spec,
-            n_train=args.n_train,
-            n_val=args.n_val,
-            n_test=args.n_test,
-            heldout_val_generators=[args.val_generator],
-        )
-        sets = {k: str(v) for k, v in sets.items()}
-        train_over = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "nc_probe_every": 0}
+        blocks: dict[str, list[int]] = {}
+        if kind == "scm":
+            spec = SCMSpec(
+                seed=args.seed,
+                dim=args.dim,
+                n_causal=args.block,
+                n_family=args.block,
+                n_specific=args.block,
+                n_generators=args.n_generators,
+            )
+            spec.validate()
+            if not 0 < args.val_generator < spec.n_generators:
+                raise SystemExit(f"--val-generator must be in 1..{spec.n_generators - 1}")
+            gens = [f"gen{k}" for k in range(spec.n_generators)]
+            train_gen, val_gen = "gen0", f"gen{args.val_generator}"
+            test_gens = [g for g in gens if g not in (train_gen, val_gen)]
+            sets = write_scm_benchmark(
+                out / "data",
+                spec,
+                n_train=args.n_train,
+                n_val=args.n_val,
+                n_test=args.n_test,
+                heldout_val_generators=[args.val_generator],
+            )
+            sets = {k: str(v) for k, v in sets.items()}
+            spec_d: dict[str, Any] | None = dataclasses.asdict(spec)
+            dim = spec.dim
+            env["spec"] = spec_d
+        else:
+            train_gen, val_gen = args.train_family, args.val_family
+            sets, gens, facts = demo_sets(args.demo_dir, train_gen, val_gen)
+            test_gens = [g for g in gens if g not in (train_gen, val_gen)]
+            spec_d, dim, blocks = None, facts["dim"], facts["blocks"]
+            env.update(facts)
+        train_over = train_overrides(args)
         seeds = [args.seed + i for i in range(args.seeds)]
-        spec_d = dataclasses.asdict(spec)
         jobs, meta = [], []
         for name, param, value, over in settings(params):
             for seed in seeds:
@@ -525,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         masks = {}
         full = []
         for job, row, m in zip(jobs, rows, meta, strict=True):
-            row, mask = complete_row({**row, **m}, job, spec.dim)
+            row, mask = complete_row({**row, **m}, job, dim, blocks)
             full.append(row)
             if mask is not None:
                 masks[job.name, job.seed] = mask
@@ -543,6 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             finished_utc=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             source_digest_end=source_digest(),
             code_revision_end=code_revision(),
+            generators=gens,
+            train_generator=train_gen,
             val_generator=val_gen,
             test_generators=test_gens,
             seeds=seeds,
@@ -554,37 +674,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     df["error"] = df["error"].fillna("") if "error" in df else ""
     failed = df[df["error"] != ""]
     ok = df[df["error"] == ""].copy()
-    ok = add_summary_columns(ok, gens, "gen0", exclude=[val_gen])  # id_ap = gen0 test AP; ood_ap = test_ap
+    # id_ap = the training generator's test AP; ood_ap = test_ap
+    ok = add_summary_columns(ok, gens, train_gen, exclude=[val_gen])
     names = list(dict.fromkeys(ok["name"]))
     agg = build_summary(ok, masks, names)
     agg.to_csv(out / "summary.csv", index_label="setting")
-    tabs = tables(agg, val_gen)
-    fig_path = plot(agg, out / "sensitivity.png", val_gen, test_gens, args.dpi)
+    # the selection score: the validation generator's validation split (SCM), the validation family's test split (demo)
+    val_label = f"{val_gen} val AP" if kind == "scm" else f"{val_gen} AP"
+    tabs = tables(agg, val_label, train_gen)
+    fig_path = plot(agg, out / "sensitivity.png", val_label, test_gens, args.dpi)
 
     changed = "" if env["source_digest_start"] == env.get("source_digest_end") else " (CHANGED during the study)"
+    if kind == "scm":
+        title = "# CausalCLIP sensitivity on the SCM benchmark"
+        data = (
+            f"SCM: {SCMSpec(**env['spec'])}. Train gen0, early stopping on gen0 val AP; validation generator {val_gen} "
+            f"(selection only, never tested); test AP = mean over {', '.join(test_gens)}; seeds {env.get('seeds')}."
+        )
+        where = "gen0 validation features"
+        blocks_text = "(causal / family / own specific / other specific / nuisance)"
+    else:
+        demo = env["demo"]
+        title = "# CausalCLIP sensitivity on the demo benchmark"
+        data = (
+            f"Demo {demo['dir']} (backbone {demo['backbone']}, {env['dim']}-d; demo recorded code "
+            f"{demo['code_revision']}). Train {train_gen} (train split), early stopping on its val split; validation "
+            f"family {val_gen} (its test split; selection only, never tested); test AP = mean over the test splits of "
+            f"{', '.join(test_gens)}; seeds {env.get('seeds')}; training settings {env.get('train_overrides')}. "
+            "No mask-recovery AUC: the demo has no known causal dimensions."
+        )
+        where = f"{train_gen} validation features"
+        blocks_text = "(per feature block of the backbone)"
     report = [
-        "# CausalCLIP sensitivity on the SCM benchmark",
+        title,
         "",
         f"Started {env['started_utc']} UTC, finished {env.get('finished_utc', '?')} UTC, wall time "
         f"{env.get('wall_s', float('nan')) / 60:.1f} min. Code {env['code_revision']} (end: "
         f"{env.get('code_revision_end', '?')}), src digest {env['source_digest_start']}{changed}.",
         f"Machine: {env['cpu']}, {env['cpu_count']} CPUs, Python {env['python']}, torch {env['torch']}, numpy "
         f"{env['numpy']}. Command: python benchmarks/sensitivity.py {' '.join(env['argv'])}",
-        f"SCM: {SCMSpec(**env['spec'])}. Train gen0, early stopping on gen0 val AP; validation generator {val_gen} "
-        f"(selection only, never tested); test AP = mean over {', '.join(test_gens)}; seeds {env.get('seeds')}.",
+        data,
         "Values: mean ± sample std over seeds. ↑/↓: every seed above/below every seed of the defaults (with 3 seeds "
-        "each, chance probability 0.1 for a setting without effect). Diagnostics on gen0 validation features at "
+        f"each, chance probability 0.1 for a setting without effect). Diagnostics on {where} at "
         "the saved epoch; gradient shares from that epoch's metrics.csv row.",
         "",
         markdown_table(*tabs["main"]),
         "",
-        "Gradient shares (each term's norm over the sum of the five), mean mask per block (causal / family / own "
-        "specific / other specific / nuisance), mask distance ratio (mean |M - M_defaults| per dimension between "
+        f"Gradient shares (each term's norm over the sum of the five), mean mask per block {blocks_text}, "
+        "mask distance ratio (mean |M - M_defaults| per dimension between "
         "runs of different seeds, over the defaults' own seed-to-seed distance; 1 = seed noise), saved epoch:",
         "",
         markdown_table(*tabs["grad"]),
         "",
-        f"Selection by the validation generator ({val_gen} val AP), one parameter at a time:",
+        f"Selection by the validation {'generator' if kind == 'scm' else 'family'} ({val_label}), one parameter at a "
+        "time:",
         "",
         markdown_table(*tabs["select"]),
     ]

@@ -129,3 +129,13 @@ def test_with_the_defaults_the_terms_move_the_mask_and_empty_znc(scm_sets, tmp_p
     assert default["c_probe_acc"].iloc[-1] > 0.95 and default["val_ap"].iloc[-1] > 0.95
     # the dependence of Zc and Znc falls as the mask is trained against it
     assert default["nhsic"].iloc[-1] < 0.6 * default["nhsic"].iloc[0]
+
+
+def test_gradient_norms_of_a_saturated_mask_are_zero_not_an_error():
+    """A mask that keeps every dimension leaves Znc constant (zero): nHSIC is then a constant with no gradient."""
+    torch.manual_seed(0)
+    cfg = CausalCLIPConfig(mask_hidden=0, noise="none", mask_bias_init=50.0, adversary_hidden=4)
+    head = build_head("causalclip", dim=6, config=cfg)
+    e, y = torch.randn(32, 6), (torch.rand(32) > 0.5).float()
+    norms = head.term_gradient_norms(e, y)
+    assert norms["grad_indep"] == 0.0 and norms["grad_cls"] >= 0.0

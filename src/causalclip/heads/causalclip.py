@@ -217,6 +217,9 @@ class CausalCLIPHead(Head):
             terms = self.mask_terms(m, zc, znc, y, keep)
             out = {}
             for name, value in terms.items():
+                if not value.requires_grad:  # e.g. nHSIC of a constant Znc (a saturated mask): no gradient at all
+                    out[f"grad_{name}"] = 0.0
+                    continue
                 grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
                 out[f"grad_{name}"] = float(
                     torch.sqrt(sum((g.pow(2).sum() for g in grads if g is not None), e.new_zeros(())))
