@@ -143,7 +143,10 @@ def nhsic(x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-12) -> torch.Tens
     """Normalised HSIC: unbiased HSIC(x, y) / sqrt(HSIC(x, x) HSIC(y, y)), the Gaussian-kernel analogue of
     (debiased) CKA. Near 0 for independent samples, 1 for x = y, and unchanged when either input is scaled (the
     bandwidths follow the data), so its weight in a loss means the same for any feature scale or dimension.
-    Clamped at 0 from below (negative values are estimation noise); 0 when either input is constant."""
+    Clamped at 0 from below (negative values are estimation noise); 0 when either input is constant, and for
+    fewer than 4 samples (a training run's last, short batch), which the unbiased estimator cannot use."""
+    if x.ndim == 2 and y.ndim == 2 and x.shape[0] == y.shape[0] and x.shape[0] < 4:
+        return x.new_zeros(())
     hxy = unbiased_hsic(x, y)
     hxx, hyy = unbiased_hsic(x, x), unbiased_hsic(y, y)
     denom = torch.sqrt(hxx.clamp_min(0.0) * hyy.clamp_min(0.0))
