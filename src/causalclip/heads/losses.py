@@ -130,9 +130,19 @@ def unbiased_hsic(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     n = x.shape[0]
     if n < 4:
         raise ValueError(f"the unbiased HSIC needs at least 4 samples, got {n}")
-    off = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device)
-    k = gaussian_gram(x) * off
-    l_ = gaussian_gram(y) * off
+    return _unbiased(*_offdiag_grams(x, y))
+
+
+def _offdiag_grams(*xs: torch.Tensor) -> list[torch.Tensor]:
+    """The Gaussian kernel matrices of each input with their diagonals set to 0 (the unbiased estimator's K~)."""
+    n = xs[0].shape[0]
+    off = 1.0 - torch.eye(n, dtype=xs[0].dtype, device=xs[0].device)
+    return [gaussian_gram(x) * off for x in xs]
+
+
+def _unbiased(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
+    """Song et al.'s unbiased HSIC from zero-diagonal kernel matrices K~, L~ (n >= 4)."""
+    n = k.shape[0]
     trace = (k * l_).sum()
     sums = k.sum() * l_.sum() / ((n - 1) * (n - 2))
     cross = 2.0 / (n - 2) * (k.sum(dim=0) * l_.sum(dim=0)).sum()  # 1'K L 1 = sum_j (K 1)_j (L 1)_j, K symmetric
@@ -145,10 +155,12 @@ def nhsic(x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-12) -> torch.Tens
     bandwidths follow the data), so its weight in a loss means the same for any feature scale or dimension.
     Clamped at 0 from below (negative values are estimation noise); 0 when either input is constant, and for
     fewer than 4 samples (a training run's last, short batch), which the unbiased estimator cannot use."""
-    if x.ndim == 2 and y.ndim == 2 and x.shape[0] == y.shape[0] and x.shape[0] < 4:
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"nhsic expects two (n, d) tensors with the same n, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] < 4:
         return x.new_zeros(())
-    hxy = unbiased_hsic(x, y)
-    hxx, hyy = unbiased_hsic(x, x), unbiased_hsic(y, y)
+    k, l_ = _offdiag_grams(x, y)  # each kernel matrix once, for the three estimates
+    hxy, hxx, hyy = _unbiased(k, l_), _unbiased(k, k), _unbiased(l_, l_)
     denom = torch.sqrt(hxx.clamp_min(0.0) * hyy.clamp_min(0.0))
     if denom <= eps:
         return hxy.new_zeros(())
