@@ -89,3 +89,19 @@ def test_cli_errors_are_one_line_and_name_the_file(scm_sets, tmp_path, capsys):
     assert "tau must be > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--head", "resnet"])
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, tiny_set):
+    """`causalclip inspect DIR | head -1`: no BrokenPipeError traceback, exit status 0."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "causalclip", "inspect", str(tiny_set)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

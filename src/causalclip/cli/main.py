@@ -4,7 +4,9 @@ of parsed arguments returning an exit code, so tests run ``main([...])`` in-proc
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -90,11 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # here, so that a reader that went away is handled below rather than at exit
+        return rc
     except USER_ERRORS as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"causalclip {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`causalclip inspect DIR | head`): stop quietly, as cat does
+        try:  # what is still buffered for stdout would fail again when Python flushes it at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        return 0
     except KeyboardInterrupt:
         again = " (completed shards and runs are kept: run the same command again to go on)"
         print(f"causalclip {args.command}: interrupted{again}", file=sys.stderr)
