@@ -34,6 +34,7 @@ from ..heads.registry import DEFAULT_HEAD, build_head
 from ..metrics.binary import binary_metrics
 from ..metrics.thresholds import calibration_record, write_threshold
 from .config import RunConfig, resolve_run_config
+from .selection import EpochSelector
 
 __all__ = ["TrainResult", "train"]
 
@@ -159,8 +160,18 @@ def train(
 
     history: list[dict[str, Any]] = []
     freq_history: list[np.ndarray] = []
-    best_score, best_epoch, best_state, bad_epochs = -math.inf, 0, None, 0
-    lr, n_decays = cfg.lr, 0
+    selector = EpochSelector(
+        metric=cfg.early_stop_metric,
+        lr=cfg.lr,
+        min_epochs=cfg.min_epochs,
+        patience=cfg.patience,
+        max_epochs=cfg.epochs,
+        decay_on_plateau=cfg.lr_decay_on_plateau,
+        min_lr=cfg.min_lr,
+        which="held-out" if held else "val",
+    )
+    best_state = None
+    lr = cfg.lr
     stop_reason = f"reached {cfg.epochs} epochs"
     y_all = torch.from_numpy(tr.labels.copy())
     for epoch in range(1, cfg.epochs + 1):
@@ -240,31 +251,18 @@ def train(
             row["samples_per_s"],
         )
 
-        ref = heldout or val  # selection and early stopping: held-out generators when there are any
-        which = "held-out" if heldout else "val"
-        score = -ref["loss"] if cfg.early_stop_metric == "loss" else ref[cfg.early_stop_metric]
-        eligible = epoch >= min(cfg.min_epochs, cfg.epochs)  # a run shorter than min_epochs keeps its last epochs
-        if eligible and score >= best_score:  # ties: the later epoch, trained longer at the same validation score
-            improved = score > best_score
-            best_score, best_epoch = score, epoch
+        verdict = selector.update(epoch, heldout or val)  # held-out generators select when there are any
+        if verdict.keep:
             best_state = copy.deepcopy(model.state_dict())
-            bad_epochs = 0 if improved else bad_epochs + 1
-        elif eligible:
-            bad_epochs += 1
-        if bad_epochs >= cfg.patience:
-            if not cfg.lr_decay_on_plateau:
-                stop_reason = f"no {which} {cfg.early_stop_metric} improvement for {cfg.patience} epochs"
-                break
-            n_decays += 1
-            lr = cfg.lr / 10**n_decays  # not lr /= 10: repeated division drifts (1e-4/10/10 > 1e-6)
-            if lr < cfg.min_lr * (1 - 1e-9):
-                stop_reason = f"plateau with lr {lr:.1e} < min_lr {cfg.min_lr:.1e}"
-                break
+        if verdict.stop:
+            stop_reason = verdict.stop
+            break
+        if verdict.new_lr is not None:
+            lr = verdict.new_lr
             for opt in opts.values():
                 for pg in opt.param_groups:
                     pg["lr"] = lr
-            bad_epochs = 0
-            log.info("%s %s plateaued: lr -> %.1e", which, cfg.early_stop_metric, lr)
+            log.info("%s %s plateaued: lr -> %.1e", selector.which, cfg.early_stop_metric, lr)
 
     assert best_state is not None
     model.load_state_dict(best_state)
@@ -275,6 +273,7 @@ def train(
         pd.DataFrame({"dimension": np.arange(len(freq)), "frequency": freq}).to_csv(
             out / "mask_selection.csv", index=False
         )
+    best_epoch, best_score = selector.best_epoch, selector.best_score
     best_row = history[best_epoch - 1]
     summary = {
         "best_epoch": best_epoch,
