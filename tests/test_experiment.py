@@ -36,9 +36,9 @@ def setup(tmp_path_factory):
     return root, roots
 
 
-def _args(root, roots, out, *extra):
+def _args(root, roots, out, *extra, preset="sd14"):
     return [
-        "--preset", "sd14", "--genimage", str(roots["genimage"]), "--cnndetection", str(roots["cnndetection"]),
+        "--preset", preset, "--genimage", str(roots["genimage"]), "--cnndetection", str(roots["cnndetection"]),
         "--out", str(out), "--backbone", str(root / "clip"), "--precision", "fp32", "--workers", "0", "--processes", "1",
         "--val-fraction", "0.3", "--epochs", "2", "-q", *extra,
     ]  # fmt: skip
@@ -240,3 +240,135 @@ def test_robustness_sweep_from_the_experiment_folder(setup, first_run, tmp_path)
     assert list(jpeg.paths) == list(clean_fs.paths)
     assert not np.allclose(jpeg.take(np.arange(len(jpeg))), clean_fs.take(np.arange(len(jpeg))))
     assert (out / "robustness.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --protocol leave-one-out
+
+
+def test_training_groups_are_generators_else_classes():
+    # several generators, reals listed under their own "real" generator (a manifest): that group is shared
+    samples = pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(6)],
+            "label": [0, 0, 1, 1, 1, 1],
+            "generator": ["real", "real", "gan10", "gan2", "gan2", "vae"],
+            "class": [None] * 6,
+        }
+    )
+    g = experiment.training_groups(samples, where="x")
+    assert (g.column, g.names, g.shared) == ("generator", ("gan2", "gan10", "vae"), ("real",))
+    # one generator with class folders (CNNDetection's ProGAN training set): the classes
+    one = samples.assign(generator="ProGAN", **{"class": ["cat", "dog", "cat", "dog", "cat", "dog"]})
+    g = experiment.training_groups(one, where="x")
+    assert (g.column, g.names, g.shared) == ("class", ("cat", "dog"), ())
+    # one generator and no classes: an error that names the folder
+    with pytest.raises(ValueError, match=r"/data/sd14 .*at least two generators.*\['ProGAN'\]"):
+        experiment.training_groups(one.assign(**{"class": None}), where="/data/sd14 (training set)")
+    # two groups, but only one of them holds fakes: nothing to leave out against
+    with pytest.raises(ValueError, match="at least two generators"):
+        experiment.training_groups(samples.assign(generator=["real"] * 2 + ["gan"] * 4), where="x")
+
+
+@pytest.fixture(scope="module")
+def loo_run(setup, first_run):
+    """progan preset (training classes airplane and bird), univfd, seeds 0 and 1, both protocols."""
+    root, roots = setup
+    out = root / "loo"
+    args = _args(root, roots, out, "--cache", str(first_run[0] / "features"), preset="progan")
+    args += ["--heads", "univfd", "--seeds", "0", "1", "--protocol", "leave-one-out"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["experiment", *args]) == 0
+    return out, args, buf.getvalue()
+
+
+def _set_of(run, role):
+    info = json.loads((run / "run.json").read_text())["data"]
+    return open_feature_set(info[role][0]["path"] if role == "heldout" else info[role]["path"])
+
+
+def test_leave_one_out_folds_leave_out_one_class_and_select_on_it(loo_run):
+    out = loo_run[0]
+    full_train, full_val = (
+        _set_of(out / "runs" / "univfd-seed0", "train"),
+        _set_of(out / "runs" / "univfd-seed0", "val"),
+    )
+    assert set(full_train.samples["class"]) == {"airplane", "bird"}
+    rows = {p: i for i, p in enumerate(full_train.paths)}
+    for seed in (0, 1):
+        for left, kept in (("airplane", "bird"), ("bird", "airplane")):
+            run = out / "runs" / f"univfd-seed{seed}-without-{left}"
+            tr, va, held = _set_of(run, "train"), _set_of(run, "val"), _set_of(run, "heldout")
+            assert set(tr.samples["class"]) == {kept} and set(va.samples["class"]) == {kept}
+            assert len(tr) == int((full_train.samples["class"] == kept).sum())
+            assert set(held.samples["class"]) == {left} and sorted(set(held.labels)) == [0, 1]
+            assert len(held) + len(va) == len(full_val)
+            # the fold's vectors are the full set's, row for row
+            idx = [rows[p] for p in tr.paths]
+            np.testing.assert_array_equal(tr.take(np.arange(len(tr))), full_train.take(idx))
+            summary = json.loads((run / "summary.json").read_text())
+            assert summary["selected_on"] == "heldout"
+            assert (run / "eval" / "metrics.csv").is_file()
+    info = json.loads((out / "experiment.json").read_text())
+    assert info["protocol"] == "leave-one-out" and info["leave_one_out"]["left_out"] == ["airplane", "bird"]
+    assert len(info["runs"]) == 2 and len(info["leave_one_out"]["runs"]) == 4  # robustness reads "runs" only
+
+
+def test_leave_one_out_tables_are_means_over_folds_and_seeds(loo_run):
+    out, _, stdout = loo_run
+    runs = out / "runs"
+
+    def metrics(name):
+        return pd.read_csv(runs / name / "eval" / "metrics.csv").set_index("generator")
+
+    folds = {(s, g): metrics(f"univfd-seed{s}-without-{g}") for s in (0, 1) for g in ("airplane", "bird")}
+    standard = {s: metrics(f"univfd-seed{s}") for s in (0, 1)}
+    for metric in ("ap", "acc"):
+        table = pd.read_csv(out / f"results_loo_{metric}.csv", index_col="method")
+        assert list(table.index) == ["UnivFD (ours, all groups)", "UnivFD (ours, leave-one-out)"]
+        for t in TEST_SETS:
+            loo = np.mean([m.at[t, metric] for m in folds.values()])
+            std = np.mean([m.at[t, metric] for m in standard.values()])
+            assert table.at["UnivFD (ours, leave-one-out)", t] == pytest.approx(100 * loo, abs=0.006)
+            assert table.at["UnivFD (ours, all groups)", t] == pytest.approx(100 * std, abs=0.006)
+        assert "(paper)" not in " ".join(table.index)
+    # seed spread: a seed's Avg is its mean over folds; then mean and sample std over the two seeds
+    spread = pd.read_csv(out / "results_loo_seeds.csv").set_index("method")
+    per_seed = [
+        np.mean([folds[(s, g)].loc[list(TEST_SETS), "ap"].mean() for g in ("airplane", "bird")]) for s in (0, 1)
+    ]
+    row = spread.loc["UnivFD (ours, leave-one-out)"]
+    assert row["ap_mean"] == pytest.approx(np.mean(per_seed), rel=1e-5)
+    assert row["ap_std"] == pytest.approx(np.std(per_seed, ddof=1), rel=1e-4, abs=1e-7)
+    assert (row["n_folds"], row["n_seeds"]) == (2, 2)
+    assert spread.loc["UnivFD (ours, all groups)", "n_folds"] == 1
+    fold_table = pd.read_csv(out / "loo_folds.csv")
+    assert len(fold_table) == 4 and set(fold_table["selected_on"]) == {"heldout"}
+    for _, r in fold_table.iterrows():
+        assert r["ap"] == pytest.approx(folds[(r["seed"], r["left_out"])].loc[list(TEST_SETS), "ap"].mean(), rel=1e-5)
+    # printed: the standard table, the protocols side by side and the seed spread
+    assert "| UnivFD (ours, leave-one-out) |" in stdout and "mean +- standard deviation over seeds" in stdout
+
+
+def test_leave_one_out_reuses_its_runs(loo_run, capsys):
+    out, args, _ = loo_run
+    assert main(["experiment", *args]) == 0
+    err = capsys.readouterr().err
+    assert err.count(": reused ->") == 6  # 2 standard runs, 4 folds
+
+
+def test_leave_one_out_needs_two_generators_and_names_the_folder(setup, first_run, tmp_path, capsys):
+    root, roots = setup
+    cache = ["--cache", str(first_run[0] / "features")]
+    rc = main(["experiment", *_args(root, roots, tmp_path / "o", *cache, "--protocol", "leave-one-out")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "stable_diffusion_v_1_4" in err and "at least two generators" in err and "SD1.4" in err
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+    extra = [*cache, "--protocol", "leave-one-out", "--leave-out", "cat"]
+    rc = main(["experiment", *_args(root, roots, tmp_path / "o", *extra, preset="progan")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no class ['cat'] to leave out" in err and "['airplane', 'bird']" in err
+    assert "CNNDetection/train" in err  # the training folder

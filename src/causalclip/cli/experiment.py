@@ -110,6 +110,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_train_args(x)
     x.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=["causalclip", "univfd", "vib"])
     x.add_argument("--all-paper-rows", action="store_true", help="show all of the paper's methods, not just ours")
+    x.add_argument(
+        "--protocol",
+        choices=["standard", "leave-one-out"],
+        default="standard",
+        help="leave-one-out: also train each head without each generator of the training set in turn (or each "
+        "class folder: CNNDetection's ProGAN training set has 20), select on the left-out one's validation images, "
+        "test on every test set; tables of both protocols (default standard)",
+    )
+    x.add_argument(
+        "--leave-out",
+        nargs="+",
+        metavar="GROUP",
+        help="leave-one-out: leave out only these generators/classes in turn (default every one)",
+    )
     _add_common(x)
     x.set_defaults(func=_cmd_experiment)
 
@@ -218,12 +232,17 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         all_paper_rows=args.all_paper_rows,
         roots=roots,
         progress=not args.quiet,
+        protocol=args.protocol,
+        leave_out=args.leave_out,
     )
-    for o in res.outcomes:
+    for o in [*res.outcomes, *(res.loo.outcomes if res.loo else [])]:
         print(f"{o.spec.name}: {o.status} -> {o.run_dir}", file=sys.stderr)
-    for metric in res.tables:
+    names = [f"results_{metric}.md" for metric in res.tables]
+    if res.loo is not None:
+        names += [f"results_loo_{metric}.md" for metric in res.loo.tables] + ["results_loo_seeds.md"]
+    for name in names:
         print()
-        print(Path(args.out, f"results_{metric}.md").read_text(encoding="utf-8"), end="")
+        print(Path(args.out, name).read_text(encoding="utf-8"), end="")
     _print_summary([*summary_lines(res.sets, res.errors, resolved), f"tables and runs in {args.out}"])
     return 0
 

@@ -3,7 +3,8 @@
 Three entry points share one feature cache and one way of training and evaluating runs:
 
 - :func:`run_experiment`: every head x seed under a preset, then Tables 1-4 (AP and ACC per test set and their
-  mean) with the paper's rows beside ours;
+  mean) with the paper's rows beside ours; with ``protocol="leave-one-out"`` also every head x seed trained on the
+  training set without each of its generators (or classes) in turn, tables of both protocols side by side;
 - :func:`run_ablation`: the four module configurations of Table 5 (``heads.ABLATIONS``), reported as OP (mean
   over all test sets) and GP (mean over the eight CNNDetection sets, ``paper_tables.GP_TEST_SETS``);
 - :func:`run_robustness`: Fig. 4's sweeps, every run evaluated on JPEG-compressed and blurred test images.
@@ -34,11 +35,13 @@ import logging
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from ..backbones.base import Backbone
@@ -47,7 +50,7 @@ from ..backbones.registry import load_backbone
 from ..core.io import atomic_write, write_json, write_text
 from ..evaluation.evaluate import evaluate
 from ..features.extract import extract
-from ..features.featureset import open_feature_set
+from ..features.featureset import open_feature_set, write_feature_set
 from ..features.job import ExtractConfig, ExtractError
 from ..heads.causalclip import ABLATIONS
 from ..heads.registry import HEADS
@@ -57,18 +60,21 @@ from ..training.config import resolve_run_config
 from ..training.loop import train
 from .presets import DataSet, ResolvedPreset
 from .report import ResultsTable, latex_escape, results_table
-from .tables import ABLATION_CONFIGS, GP_TEST_SETS, SETTINGS, TEST_SETS, paper_table, table_number
+from .tables import ABLATION_CONFIGS, GP_TEST_SETS, SETTINGS, TEST_SETS, column_order, paper_table, table_number
 
 __all__ = [
     "HEAD_METHODS",
+    "PROTOCOLS",
     "AblationResult",
     "CachedSet",
     "ExperimentResult",
     "ExtractOptions",
     "FeatureCache",
+    "LeaveOneOutResult",
     "RobustnessResult",
     "RunOutcome",
     "RunSpec",
+    "TrainingGroups",
     "ablation_table",
     "read_experiment",
     "run_ablation",
@@ -78,6 +84,7 @@ __all__ = [
     "seed_spread",
     "summary_lines",
     "train_or_reuse",
+    "training_groups",
 ]
 
 log = logging.getLogger("causalclip")
@@ -86,6 +93,8 @@ log = logging.getLogger("causalclip")
 HEAD_METHODS: dict[str, str] = {"causalclip": "CausalCLIP", "univfd": "UnivFD", "vib": "VIB-Net"}
 EXPERIMENT_FILE = "experiment.json"
 CACHE_FILE = "cache.json"
+# meta.json keys that describe a folder's files, not its features: a subset writes its own.
+_STRUCTURAL_META = ("dim", "dtype", "count", "shards", "n_errors")
 # Training-config keys that do not change what is learned: a run is reused across them.
 _NOT_IDENTITY = ("device", "num_threads")
 
@@ -274,6 +283,33 @@ class FeatureCache:
         self.sets.append(cached)
         return cached
 
+    def subset(self, parent: CachedSet, name: str, rows: np.ndarray, *, meta: Mapping[str, Any]) -> Path:
+        """The feature set of ``rows`` of ``parent``, written once beside it as ``name`` (leave-one-out's folds).
+
+        Reused while its ``cache.json`` records the same parent listing and the same rows; rewritten otherwise.
+        The rows are copied (features stay in the parent's dtype): a fold costs the disk of the rows it holds.
+        """
+        folder = parent.path.parent / name
+        rows = np.asarray(rows, dtype=np.int64)
+        key = {
+            "parent": str(parent.path),
+            "parent_cache": _read_json(parent.path / CACHE_FILE),
+            "n_rows": len(rows),
+            "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),
+            "meta": dict(meta),
+        }
+        if (folder / "meta.json").is_file() and _read_json(folder / CACHE_FILE) == key:
+            return folder
+        if folder.exists():
+            shutil.rmtree(folder)  # a derived folder of other rows: nothing in it is worth keeping
+        fs = open_feature_set(parent.path, check_finite=False)  # checked when the parent was extracted
+        keep = {k: v for k, v in fs.meta.items() if k not in _STRUCTURAL_META and not k.startswith("_")}
+        write_feature_set(
+            folder, fs.take(rows), fs.samples.iloc[rows].reset_index(drop=True), meta={**keep, **dict(meta)}
+        )
+        write_json(folder / CACHE_FILE, key)
+        return folder
+
     def error_summary(self) -> pd.DataFrame:
         """Every input not used by any set handed out so far: set, perturbation, folder, path, stage, reason."""
         parts = []
@@ -328,11 +364,13 @@ class RunOutcome:
 def _comparable(run_info: Mapping[str, Any], head: str) -> dict[str, Any]:
     trainc = {k: v for k, v in dict(run_info.get("train", {})).items() if k not in _NOT_IDENTITY}
     data = run_info.get("data", {})
+    keys = ("path", "n", "n_fake")
     return {
         "head": run_info.get("head"),
         "train": trainc,
         "head_config": run_info.get(head),
-        "data": {r: {k: data.get(r, {}).get(k) for k in ("path", "n", "n_fake")} for r in ("train", "val")},
+        "data": {r: {k: data.get(r, {}).get(k) for k in keys} for r in ("train", "val")},
+        "heldout": [{k: h.get(k) for k in keys} for h in data.get("heldout") or []],  # absent in older runs
     }
 
 
@@ -342,25 +380,28 @@ def train_or_reuse(
     train_set: CachedSet | Path,
     val_set: CachedSet | Path,
     run_dir: Path,
+    heldout_sets: Sequence[CachedSet | Path] = (),
     config_file: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
     device: str | None = None,
     retrain: bool = False,
     progress: bool = True,
 ) -> Literal["trained", "reused", "retrained"]:
-    """Train ``spec`` into ``run_dir`` unless a finished run with the same configuration and data is there."""
+    """Train ``spec`` into ``run_dir`` unless a finished run with the same configuration and data is there.
+
+    ``heldout_sets``: validation sets of generators not in training; they select the saved epoch (``train``'s
+    ``heldout_sets``) and are part of the run's identity."""
     extra = [f"train.seed={spec.seed}"] + ([f"train.device={json.dumps(device)}"] if device else [])
     rc = resolve_run_config(spec.head, config_file=config_file, overrides=[*overrides, *extra], ablation=spec.ablation)
-    tr = open_feature_set(train_set.path if isinstance(train_set, CachedSet) else train_set)
-    va = open_feature_set(val_set.path if isinstance(val_set, CachedSet) else val_set)
+    tr, va, *held = (
+        open_feature_set(s.path if isinstance(s, CachedSet) else s) for s in (train_set, val_set, *heldout_sets)
+    )
+
+    def record(fs):
+        return {"path": str(fs.root), "n": len(fs), "n_fake": int(fs.labels.sum())}
+
     wanted = _comparable(
-        {
-            **rc.to_dict(),
-            "data": {
-                role: {"path": str(fs.root), "n": len(fs), "n_fake": int(fs.labels.sum())}
-                for role, fs in (("train", tr), ("val", va))
-            },
-        },
+        {**rc.to_dict(), "data": {"train": record(tr), "val": record(va), "heldout": [record(h) for h in held]}},
         spec.head,
     )
     done = all((run_dir / f).is_file() for f in ("config.json", "summary.json", "run.json"))
@@ -378,7 +419,7 @@ def train_or_reuse(
             )
         log.info("run %s: configuration changed (%s); training again", run_dir, diff)
         status = "retrained"
-    train(train_set=tr, val_set=va, out=run_dir, run_config=rc, progress=progress, overwrite=True)
+    train(train_set=tr, val_set=va, out=run_dir, run_config=rc, progress=progress, overwrite=True, heldout_sets=held)
     return status
 
 
@@ -514,6 +555,7 @@ class ExperimentResult:
     sets: list[CachedSet]
     errors: pd.DataFrame  # every input not used (FeatureCache.error_summary)
     files: list[Path] = field(default_factory=list)
+    loo: LeaveOneOutResult | None = None  # protocol "leave-one-out" only
 
 
 def run_experiment(
@@ -530,6 +572,8 @@ def run_experiment(
     all_paper_rows: bool = False,
     roots: Mapping[str, Any] | None = None,
     progress: bool = True,
+    protocol: Literal["standard", "leave-one-out"] = "standard",
+    leave_out: Sequence[str] | None = None,
 ) -> ExperimentResult:
     """Extract (cached) -> train each head x seed (reused when unchanged) -> evaluate -> Tables 1-4.
 
@@ -538,6 +582,11 @@ def run_experiment(
     the Avg), ``results_{ap,acc}.{md,csv,tex}`` and ``input_errors.csv``.
     Our row of a head is the mean over its seeds; the paper's rows are those of its heads (all with
     ``all_paper_rows``).
+
+    ``protocol="leave-one-out"`` (see :func:`training_groups`) also trains each head x seed once per group of the
+    training set left out (``leave_out``: those groups only; default all), selects its epoch on the left-out
+    group's validation images and tests it on every test set; see :class:`LeaveOneOutResult` for its files.
+    The training set's groups are checked before anything is extracted or trained.
     """
     out = Path(out)
     unknown = [h for h in heads if h not in HEADS]
@@ -545,10 +594,21 @@ def run_experiment(
         raise ValueError(f"unknown head(s) {unknown or heads}; available: {sorted(HEADS)}")
     if len(set(heads)) != len(heads) or len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"heads {list(heads)} and seeds {list(seeds)} must be non-empty and without repeats")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; available: {list(PROTOCOLS)}")
+    if leave_out is not None and protocol != "leave-one-out":
+        raise ValueError("leave_out (--leave-out) applies to protocol leave-one-out only")
+    plan = _plan_leave_one_out(preset, cache, leave_out) if protocol == "leave-one-out" else None
     specs = [RunSpec(f"{h}-seed{s}", h, int(s), HEAD_METHODS.get(h, h)) for h in heads for s in seeds]
     out.mkdir(parents=True, exist_ok=True)
     record = _experiment_record(
-        "experiment", preset, roots or {}, cache, specs, out, {"heads": list(heads), "seeds": list(seeds)}
+        "experiment",
+        preset,
+        roots or {},
+        cache,
+        specs,
+        out,
+        {"heads": list(heads), "seeds": list(seeds), "protocol": protocol},
     )
     outcomes, long = _run_all(
         preset,
@@ -586,17 +646,291 @@ def run_experiment(
             write_text(stem.with_suffix(".csv"), table.to_csv()),
             write_text(stem.with_suffix(".tex"), table.to_latex(caption=caption, label=f"tab:{preset.name}-{metric}")),
         ]
+    loo = None
+    if plan is not None:
+        loo = _run_leave_one_out(
+            plan,
+            preset,
+            out,
+            cache,
+            heads=heads,
+            seeds=seeds,
+            standard=long,
+            config_file=config_file,
+            overrides=overrides,
+            retrain=retrain,
+            eval_max_per_class=eval_max_per_class,
+            progress=progress,
+        )
+        files += loo.files
+        record["leave_one_out"] = {
+            "column": plan.groups.column,
+            "left_out": list(plan.left_out),
+            "shared": list(plan.groups.shared),
+            "selection": "held-out: each fold's saved epoch is chosen on its left-out group's validation images",
+            "runs": [
+                {**dataclasses.asdict(o.spec), "left_out": g, "dir": str(o.run_dir.resolve())}
+                for o, g in zip(loo.outcomes, loo.left_out_of, strict=True)
+            ],
+        }
     errors = cache.error_summary()
     files.append(_write_frame(out / "input_errors.csv", errors))
     write_json(out / EXPERIMENT_FILE, record)  # last: it lists runs that exist and were evaluated
     files.append(out / EXPERIMENT_FILE)
-    return ExperimentResult(preset, outcomes, long, tables, list(cache.sets), errors, files)
+    return ExperimentResult(preset, outcomes, long, tables, list(cache.sets), errors, files, loo)
 
 
 def _paper_order(heads: Sequence[str]) -> list[str]:
     """Heads in the order of the paper's rows (UnivFD, VIB-Net, CausalCLIP)."""
     rank = {"univfd": 0, "vib": 1, "causalclip": 2}
     return sorted(heads, key=lambda h: rank.get(h, 99))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Leave-one-out: the training set without each of its generators (or classes) in turn
+
+
+PROTOCOLS = ("standard", "leave-one-out")
+LOO_LABELS = {"standard": "all groups", "leave-one-out": "leave-one-out"}
+
+
+@dataclass(frozen=True)
+class TrainingGroups:
+    """The environments of a training set that leave-one-out leaves out in turn."""
+
+    column: str  # the samples column they come from: "generator", else "class" (CNNDetection's class folders)
+    names: tuple[str, ...]  # groups that hold fakes: each is left out in turn
+    shared: tuple[str, ...] = ()  # groups of real images only (a manifest's "real" generator): in every fold
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def training_groups(samples: pd.DataFrame, *, where: str) -> TrainingGroups:
+    """The groups of a training listing: its generators when it has two or more that hold fakes, else its
+    ``class`` column (CNNDetection's ProGAN training set: 20 LSUN classes, all one generator), else an error
+    naming ``where`` (the training folder).
+
+    Real images belong to their row's group (CNNDetection's classes each hold their own reals), so leaving a
+    group out removes its reals and fakes; a group of reals only is shared by every fold.
+    """
+    for column in ("generator", "class"):
+        if column not in samples.columns or samples[column].isna().any():
+            continue  # class is None for generators without a class level
+        values = samples[column].astype(str)
+        fakes = sorted(set(values[samples["label"].to_numpy() == 1]), key=_natural)
+        if len(fakes) >= 2:
+            shared = sorted(set(values) - set(fakes), key=_natural)
+            return TrainingGroups(column, tuple(fakes), tuple(shared))
+    gens = sorted(set(samples["generator"].astype(str)), key=_natural)
+    raise ValueError(
+        f"{where}: leave-one-out needs a training set with at least two generators (or class folders, as "
+        f"CNNDetection's ProGAN training set has); this one holds generator(s) {gens} and no class folders"
+    )
+
+
+@dataclass(frozen=True)
+class _LooPlan:
+    groups: TrainingGroups
+    left_out: tuple[str, ...]
+
+
+def _plan_leave_one_out(preset: ResolvedPreset, cache: FeatureCache, leave_out: Sequence[str] | None) -> _LooPlan:
+    """Check, from the listings alone (nothing extracted yet), that every fold can be trained and selected."""
+    where = f"{preset.train.root} (training set of preset {preset.name})"
+    groups = training_groups(cache.listing(preset.train).samples, where=where)
+    wanted = tuple(dict.fromkeys(leave_out)) if leave_out else groups.names
+    unknown = [g for g in wanted if g not in groups.names]
+    if unknown:
+        raise ValueError(
+            f"{where}: no {groups.column} {unknown} to leave out; its {groups.column}s with fakes are "
+            f"{list(groups.names)}"
+        )
+    val = cache.listing(preset.val).samples
+    if groups.column not in val.columns or val[groups.column].isna().any():
+        raise ValueError(
+            f"{preset.val.root} (validation set of preset {preset.name}): its images have no {groups.column}, so a "
+            "fold cannot be validated on the group it leaves out"
+        )
+    vals = val[groups.column].astype(str).to_numpy()
+    for g in wanted:
+        counts = np.bincount(val["label"].to_numpy()[vals == g], minlength=2)
+        if counts.min() == 0:
+            raise ValueError(
+                f"{preset.val.root} (validation set of preset {preset.name}): {counts[0]} real and {counts[1]} fake "
+                f"image(s) of {groups.column} {g}; the fold that leaves {g} out selects its epoch on them and needs "
+                "both classes (give a validation set that has them, or a larger --val-fraction)"
+            )
+    return _LooPlan(groups, wanted)
+
+
+@dataclass
+class LeaveOneOutResult:
+    """Protocol leave-one-out of :func:`run_experiment`. Files in ``out``:
+
+    ``runs/<head>-seed<s>-without-<group>/`` (run folders), ``metrics_long_loo.csv`` (every fold run x test set),
+    ``loo_folds.csv`` (per run: the group left out, saved epoch, selection score, Avg AP/ACC over the test sets),
+    ``results_loo_{ap,acc}.{md,csv,tex}`` (per head, both protocols: mean over seeds, and over folds for
+    leave-one-out, per test set) and ``results_loo_seeds.{csv,md}`` (per head and protocol: mean and sample
+    standard deviation over seeds of the Avg; a leave-one-out seed's Avg is its mean over folds).
+    """
+
+    groups: TrainingGroups
+    left_out: tuple[str, ...]
+    outcomes: list[RunOutcome]
+    left_out_of: list[str]  # per outcome: the group its run left out
+    long: pd.DataFrame  # one row per fold run and test set, with column left_out
+    folds: pd.DataFrame
+    tables: dict[str, ResultsTable]
+    seeds: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+
+
+def _fold_sets(
+    plan: _LooPlan, train: CachedSet, val: CachedSet, cache: FeatureCache
+) -> dict[str, tuple[Path, Path, Path]]:
+    """Per group left out: (training set without it, validation set without it, its validation images)."""
+    column = plan.groups.column
+    tr_groups = open_feature_set(train.path, check_finite=False).samples[column].astype(str).to_numpy()
+    va_fs = open_feature_set(val.path, check_finite=False)
+    va_groups = va_fs.samples[column].astype(str).to_numpy()
+    sets = {}
+    for g in plan.left_out:
+        slug = _safe(g)
+        note = {"left_out": {"column": column, "group": g}}
+        sets[g] = (
+            cache.subset(train, f"{train.path.name}-without-{slug}", np.flatnonzero(tr_groups != g), meta=note),
+            cache.subset(val, f"{val.path.name}-without-{slug}", np.flatnonzero(va_groups != g), meta=note),
+            cache.subset(val, f"{val.path.name}-only-{slug}", np.flatnonzero(va_groups == g), meta=note),
+        )
+    return sets
+
+
+def _run_leave_one_out(
+    plan: _LooPlan,
+    preset: ResolvedPreset,
+    out: Path,
+    cache: FeatureCache,
+    *,
+    heads: Sequence[str],
+    seeds: Sequence[int],
+    standard: pd.DataFrame,
+    config_file: str | os.PathLike[str] | None,
+    overrides: Sequence[str],
+    retrain: bool,
+    eval_max_per_class: int | None,
+    progress: bool,
+) -> LeaveOneOutResult:
+    """Every head x seed x left-out group: train on the rest, select on the group's validation images (a
+    generator or class not in training, never a test set: the rule of ``train --val DIR heldout=DIR``, which keeps
+    discriminating after in-distribution AP saturates), evaluate on every test set; then the tables."""
+    common = _clean_sets(preset, cache)
+    sets = _fold_sets(plan, common.train, common.val, cache)
+    outcomes, left_out_of, fold_rows = [], [], []
+    for h in heads:
+        for s in seeds:
+            for g in plan.left_out:
+                spec = RunSpec(f"{h}-seed{s}-without-{_safe(g)}", h, int(s), HEAD_METHODS.get(h, h))
+                run_dir = out / "runs" / spec.name
+                tr, va, held = sets[g]
+                status = train_or_reuse(
+                    spec,
+                    train_set=tr,
+                    val_set=va,
+                    heldout_sets=[held],
+                    run_dir=run_dir,
+                    config_file=config_file,
+                    overrides=overrides,
+                    device=cache.options.device,
+                    retrain=retrain,
+                    progress=progress,
+                )
+                res = evaluate(
+                    run_dir,
+                    [c.path for c in common.test],
+                    out=run_dir / "eval",
+                    max_per_class=eval_max_per_class,
+                    device=cache.options.device,
+                )
+                outcomes.append(RunOutcome(spec, run_dir, status, res.metrics))
+                left_out_of.append(g)
+                summary = _read_json(run_dir / "summary.json") or {}
+                m = res.metrics[res.metrics["generator"] != "mean"]
+                fold_rows.append(
+                    {
+                        "method": spec.method,
+                        "head": h,
+                        "seed": int(s),
+                        "left_out": g,
+                        "run": spec.name,
+                        "best_epoch": summary.get("best_epoch"),
+                        "selected_on": summary.get("selected_on"),
+                        "selection_metric": summary.get("early_stop_metric"),
+                        "selection_score": summary.get("best_score"),
+                        "ap": float(m["ap"].mean()),
+                        "acc": float(m["acc"].mean()),
+                    }
+                )
+    long = _long_table(outcomes)
+    by_run = {o.spec.name: g for o, g in zip(outcomes, left_out_of, strict=True)}
+    long.insert(long.columns.get_loc("run") + 1, "left_out", long["run"].map(by_run))
+    folds = pd.DataFrame(fold_rows)
+    both = pd.concat(
+        [standard.assign(protocol="standard"), long.drop(columns="left_out").assign(protocol="leave-one-out")],
+        ignore_index=True,
+    )
+    both["method"] = both["method"] + " (ours, " + both["protocol"].map(LOO_LABELS) + ")"
+    means = _method_means(both)
+    n_folds = len(plan.left_out)
+    files = [_write_frame(out / "metrics_long_loo.csv", long), _write_frame(out / "loo_folds.csv", folds)]
+    notes = (
+        f"Leave-one-out: each head is trained {n_folds} times per seed, each time without one {plan.groups.column} "
+        f"of the training set ({', '.join(plan.left_out)}), its epoch selected on that {plan.groups.column}'s "
+        "validation images; its row is the mean over folds and seeds. All groups: the standard runs (mean over "
+        "seeds).",
+        f"Seeds {', '.join(map(str, seeds))}; mean and spread over seeds: results_loo_seeds.md.",
+    )
+    tables = {}
+    for metric in ("ap", "acc"):
+        runs = {m: grp.rename(columns={"test_set": "generator"}) for m, grp in means.groupby("method", sort=False)}
+        table = results_table(runs, metric=metric, test_sets=column_order(preset.setting))  # no paper rows
+        table = dataclasses.replace(table, notes=(*table.notes, *notes, *preset.missing))
+        tables[metric] = table
+        stem = out / f"results_loo_{metric}"
+        caption = f"{table.label} (%), training set with all groups vs leave-one-out, {SETTINGS[preset.setting]}."
+        files += [
+            write_text(stem.with_suffix(".md"), table.to_markdown(caption=caption)),
+            write_text(stem.with_suffix(".csv"), table.to_csv()),
+            write_text(
+                stem.with_suffix(".tex"), table.to_latex(caption=caption, label=f"tab:{preset.name}-loo-{metric}")
+            ),
+        ]
+    spread = seed_spread(both)
+    spread.insert(1, "n_folds", [n_folds if m.endswith("(ours, leave-one-out)") else 1 for m in spread["method"]])
+    files += [
+        _write_frame(out / "results_loo_seeds.csv", spread),
+        write_text(out / "results_loo_seeds.md", _spread_markdown(spread)),
+    ]
+    return LeaveOneOutResult(plan.groups, plan.left_out, outcomes, left_out_of, long, folds, tables, spread, files)
+
+
+def _spread_markdown(spread: pd.DataFrame) -> str:
+    """Mean +- sample standard deviation over seeds of the Avg (percent), one row per method and protocol."""
+    lines = [
+        "Avg over the test sets (%), mean +- standard deviation over seeds (a leave-one-out seed: mean over folds).",
+        "",
+        "| method | folds | seeds | AP | ACC |",
+        "|:---|---:|---:|---:|---:|",
+    ]
+    for _, r in spread.iterrows():
+        cells = []
+        for metric in ("ap", "acc"):
+            std = r[f"{metric}_std"]
+            sd = "" if pd.isna(std) else f" +- {100 * std:.2f}"
+            cells.append(f"{100 * r[f'{metric}_mean']:.2f}{sd}")
+        lines.append(f"| {r['method']} | {r['n_folds']} | {r['n_seeds']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -129,7 +129,8 @@ class DataSet:
     def cache_name(self, *, max_per_class: int | None = None, seed: int = 0) -> str:
         """A folder name that says which images the set holds (dataset, split, name, held-out part, cap)."""
         slug = re.sub(r"[^A-Za-z0-9.]+", "", self.name)
-        parts = [self.dataset, self.split or "all", slug]
+        # a set without a split is named by its role (progan's train, val and test sets are all "ProGAN")
+        parts = [self.dataset, self.split or ("all" if self.role == "test" else self.role), slug]
         if self.holdout is not None:
             parts.append(f"{self.holdout.part}{self.holdout.fraction:g}h{self.holdout.seed}")
         if max_per_class is not None:
