@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -511,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
     gens = [f"gen{k}" for k in range(spec.n_generators)]
     heldout = f"gen{args.heldout_generator}"
 
@@ -578,6 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = [
         f"# SCM benchmark ({'quick' if q else 'full'})",
         "",
+        f"Command: `python benchmarks/scm_benchmark.py {' '.join(sys.argv[1:] if argv is None else argv)}`; "
+        f"started {started} UTC.",
         f"SCM: {spec}",
         f"train gen0 ({n_train}+{n_train}), val gen0 ({n_val}+{n_val}), test every generator ({n_test}+{n_test}); "
         f"lr {args.lr}, batch {args.batch_size}, epoch cap {epochs}, early stopping on val AP; seeds {seeds}.",
@@ -613,12 +617,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     n_failed = len(failed)
     if args.search:
-        lines, n_search_failed = run_search(args, spec, sets, gens, heldout, train_over, threads, seeds, n_configs, out)
+        lines, n_search_failed = run_search(
+            args, spec, sets, gens, heldout, train_over, threads, seeds, n_configs, out, reference=ok
+        )
         report += lines
         n_failed += n_search_failed
 
     elapsed = time.perf_counter() - t_start
-    report += ["", f"Total wall time: {elapsed / 60:.1f} min."]
+    finished = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    report += ["", f"Total wall time: {elapsed / 60:.1f} min (finished {finished} UTC)."]
     (out / "report.md").write_text("\n".join(report) + "\n", encoding="utf-8")
     (out / "environment.json").write_text(
         json.dumps(
@@ -642,10 +649,11 @@ def run_search(
     seeds: list[int],
     n_configs: int,
     out: Path,
+    reference: pd.DataFrame | None = None,
 ) -> tuple[list[str], int]:
     """Stage 1: every sampled configuration with the first seed. Stage 2: the top configurations under each
-    selection rule (and the defaults) with the remaining seeds. Returns the report's lines and the number of
-    failed runs."""
+    selection rule (and the defaults) with the remaining seeds. ``reference``: the main table's runs, scored on
+    the search's test generators for comparison. Returns the report's lines and the number of failed runs."""
     configs = sample_configs(n_configs, args.seed)
     labels = {config_label(c): c for c in configs}
     spec_d = dataclasses.asdict(spec)
@@ -738,6 +746,26 @@ def run_search(
                 _num(r["mask_auc_causal_vs_spurious"]),
             ]
         )
+    ref_lines: list[str] = []
+    if reference is not None and len(reference):
+        ref = aggregate(add_summary_columns(reference, gens, "gen0", exclude=[heldout]), ["ood_ap", "ood_acc"])
+        ref_lines = [
+            f"Main-table heads on the same test generators ({ood_names}), mean ± std over seeds:",
+            "",
+            markdown_table(
+                ["head", "seeds", "test: OOD AP", "OOD ACC"],
+                [
+                    [
+                        name,
+                        str(int(r["seeds"])),
+                        _pct(r["ood_ap"], r["ood_ap_std"]),
+                        _pct(r["ood_acc"], r["ood_acc_std"]),
+                    ]
+                    for name, r in ref.iterrows()
+                ],
+            ),
+            "",
+        ]
     lines = [
         "",
         "## CausalCLIP hyperparameter search",
@@ -751,6 +779,7 @@ def run_search(
         f"Spearman rank correlation over stage-1 configurations: gen0 val AP vs test OOD AP "
         f"{rank_corr('val_ap', 'ood_ap'):.2f}; {heldout} val AP vs test OOD AP {rank_corr('heldout_val_ap', 'ood_ap'):.2f}.",
         "",
+        *ref_lines,
         "Stage 1 (one seed), sorted by gen0 validation AP:",
         "",
         markdown_table(stage_h, stage_r),
