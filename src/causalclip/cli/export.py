@@ -6,7 +6,19 @@ import argparse
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..detector.folder import export_detector_from_feature_set, read_detector
+    from ..detector.folder import export_detector_from_feature_set, read_detector, write_network_detector
+    from ..pixel.folder import is_network_folder
+
+    if is_network_folder(args.run):  # a network trained on images carries its own preprocessing
+        out = write_network_detector(args.out, source=args.run, threshold=args.threshold, overwrite=args.overwrite)
+        det = read_detector(out)
+        print(
+            f"exported {args.run} -> {out}: {det.name} network on {det.preprocessing['size']}-px centre crops, "
+            f"threshold {det.threshold:.6g} ({det.calibration.get('method', '?')})"
+        )
+        return 0
+    if not args.features:
+        raise ValueError(f"{args.run}: a head's detector needs --features DIR (how its features were made)")
 
     out = export_detector_from_feature_set(
         args.run, args.features, args.out, threshold=args.threshold, overwrite=args.overwrite
@@ -29,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the run's threshold.json unless --threshold is given) and provenance.",
     )
     p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--features", required=True, metavar="DIR", help="a feature set made like the training features")
+    p.add_argument(
+        "--features", metavar="DIR", help="a feature set made like the training features (heads; not for networks)"
+    )
     p.add_argument("--out", required=True, metavar="DETECTOR", help="detector folder to create")
     p.add_argument("--threshold", type=float, help="decision threshold (default: the run's threshold.json, else 0.5)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")

@@ -1,4 +1,5 @@
-"""``causalclip train``: train a head on a cached feature set and write a run folder."""
+"""``causalclip train``: train a head on a cached feature set, or a network on images (NPR, CNNSpot, FreDect), and
+write a run folder. One command for every method: ``--head`` names either (docs/guides/image-detectors.md)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ import json
 
 from ..heads.causalclip import ABLATIONS
 from ..heads.registry import DEFAULT_HEAD, HEADS
+from ..networks.registry import NETWORKS
 from ..training.config import TrainConfig
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.head in NETWORKS:
+        return _train_network(args)
+    for flag, value in (("--layout", args.layout), ("--imagenet-weights", args.imagenet_weights)):
+        if value is not None:
+            raise ValueError(
+                f"{flag} applies to networks trained on images ({sorted(NETWORKS)}), not to --head {args.head}"
+            )
     from ..training.config import resolve_run_config
     from ..training.loop import train
 
@@ -46,6 +55,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_set(root: str, args: argparse.Namespace, split: str | None):
+    from ..pixel.data import open_image_set
+
+    return open_image_set(
+        root, layout=args.layout or "folders", split=split, max_per_class=args.max_per_class, seed=args.seed or 0
+    )
+
+
+def _train_network(args: argparse.Namespace) -> int:
+    from ..pixel.config import resolve_pixel_config
+    from ..pixel.loop import train_network
+
+    if args.ablation:
+        raise ValueError(f"--ablation applies to the causalclip head, not to the network {args.head!r}")
+    overrides = list(args.set or [])
+    for name in ("epochs", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            overrides.append(f"recipe.{name}={json.dumps(getattr(args, name))}")
+    for name in ("seed", "device", "workers", "imagenet_weights"):
+        if getattr(args, name) is not None:
+            overrides.append(f"train.{name}={json.dumps(getattr(args, name))}")
+    rc = resolve_pixel_config(args.head, config_file=args.config, overrides=overrides)
+    val, heldout = _val_roles(args.val)
+    result = train_network(
+        train_set=_image_set(args.train, args, args.train_split),
+        val_set=_image_set(val, args, args.val_split),
+        heldout_sets=[_image_set(h, args, args.val_split) for h in heldout],
+        out=args.out,
+        run_config=rc,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    if result.history.empty:
+        return 0  # a DDP rank other than 0: rank 0 reports
+    best = result.history.iloc[result.best_epoch - 1]
+    held = f", held-out AP {100 * best['heldout_ap']:.2f}" if heldout else ""
+    print(
+        f"trained {rc.method} -> {result.run_dir}  (best epoch {result.best_epoch}: val AP {100 * best['val_ap']:.2f}, "
+        f"ACC {100 * best['val_acc']:.2f}{held}; {result.stop_reason})"
+    )
+    if len(result.errors):
+        print(f"  {len(result.errors)} image(s) could not be used: {result.run_dir}/errors.csv")
+    return 0
+
+
 def _val_roles(items: list[str]) -> tuple[str, list[str]]:
     """``--val DIR [heldout=DIR ...]`` -> (the in-distribution validation set, the held-out generators' sets)."""
     plain, heldout = [], []
@@ -66,10 +120,25 @@ def _val_roles(items: list[str]) -> tuple[str, list[str]]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train a head on cached features", description="Train a head on a feature set.")
+    t = sub.add_parser(
+        "train",
+        help="train a head on cached features, or a network on images",
+        description="Train a head on a feature set, or a network (NPR, CNNSpot, FreDect) on images; "
+        "docs/guides/comparison-methods.md lists every method.",
+    )
     d = TrainConfig()  # the one definition of the training defaults
-    t.add_argument("--head", choices=sorted(HEADS), default=DEFAULT_HEAD, help="which head (default: %(default)s)")
-    t.add_argument("--train", required=True, metavar="DIR", help="training feature set")
+    methods = ", ".join(f"{k} ({v.title})" for k, v in NETWORKS.items())
+    t.add_argument(
+        "--head",
+        choices=sorted(HEADS) + sorted(NETWORKS),
+        default=DEFAULT_HEAD,
+        metavar="METHOD",
+        help=f"heads on cached features: {', '.join(sorted(HEADS))}; networks trained on images: {methods} "
+        "(default: %(default)s)",
+    )
+    t.add_argument(
+        "--train", required=True, metavar="DIR", help="training feature set; for a network, an image folder (--layout)"
+    )
     t.add_argument(
         "--val",
         required=True,
@@ -91,4 +160,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", help=f"{d.device} (default), cuda, cuda:1, ...")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    g = t.add_argument_group("networks trained on images (--head " + "/".join(NETWORKS) + ")")
+    g.add_argument("--layout", help="how --train/--val folders are organised (default folders; docs/guides/layouts.md)")
+    g.add_argument("--train-split", help="split of --train to read, where the layout has splits (e.g. train)")
+    g.add_argument("--val-split", help="split of --val to read, where the layout has splits (e.g. val)")
+    g.add_argument("--max-per-class", type=int, help="at most N images per generator and class (seeded)")
+    g.add_argument("--workers", type=int, help="data-loading worker processes (default 2)")
+    g.add_argument(
+        "--imagenet-weights", metavar="FILE", help="torchvision ResNet-50 ImageNet file (CNNSpot starts from it)"
+    )
     t.set_defaults(func=_cmd_train)

@@ -67,8 +67,14 @@ def _check_value(name: str, tp: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}{name}: expected a list, got {value!r}")
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        return tuple(_check_value(f"{name}[{i}]", item_tp, v, where) for i, v in enumerate(value))
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[T, ...]: any length
+            return tuple(_check_value(f"{name}[{i}]", args[0], v, where) for i, v in enumerate(value))
+        if len(value) != len(args):  # tuple[T1, T2, ...]: exactly that many items
+            raise ConfigError(f"{where}{name}: expected {len(args)} items, got {len(value)}: {value!r}")
+        return tuple(
+            _check_value(f"{name}[{i}]", t, v, where) for i, (t, v) in enumerate(zip(args, value, strict=True))
+        )
     return value
 
 

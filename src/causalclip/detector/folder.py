@@ -11,6 +11,11 @@
 A run folder says how to score *features*; a detector folder also says how the features must be made (which
 backbone, which preprocessing), so ``detect``/``serve``/the demo can go from an image to a decision. Loading
 never unpickles anything, and a folder holding any pickle-based file is refused outright.
+
+A network trained on images (NPR, CNNSpot, FreDect: :mod:`causalclip.pixel`) makes a detector of ``"kind":
+"network"``: no backbone, ``config.json`` + ``model.safetensors`` hold the network (:mod:`causalclip.pixel.folder`),
+and ``preprocessing`` is its test-time crop and normalisation. Feature detectors keep ``"kind": "features"`` (the
+default when absent, as in folders written before networks existed).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ..features.featureset import open_feature_set
 from ..heads.base import Head
 from ..heads.checkpoint import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, CheckpointError, load_head
 from ..metrics.thresholds import read_threshold
+from ..pixel.folder import is_network_folder, load_network
 
 __all__ = [
     "DETECTOR_FORMAT_VERSION",
@@ -40,6 +46,7 @@ __all__ = [
     "DetectorError",
     "export_detector",
     "export_detector_from_feature_set",
+    "write_network_detector",
     "read_detector",
 ]
 
@@ -55,10 +62,11 @@ class DetectorError(ValueError):
 
 @dataclass
 class Detector:
-    """A loaded detector folder. ``head`` is in eval mode and maps features (n, feature_dim) to logits."""
+    """A loaded detector folder. ``head`` is in eval mode and maps features (n, feature_dim) to logits; for a
+    detector of kind "network", ``head`` is the network, mapping preprocessed pixels (n, 3, S, S) to logits."""
 
     folder: Path
-    head: Head
+    head: Head | torch.nn.Module
     backbone: dict[str, Any]  # as recorded in the feature set's meta.json "backbone"
     preprocessing: dict[str, Any]  # causalclip.images.transforms.Preprocessing.to_dict()
     threshold: float  # score > threshold means fake
@@ -66,10 +74,26 @@ class Detector:
     calibration: dict[str, Any] = field(default_factory=dict)  # how the threshold was chosen
     feature_dim: int = 0
     info: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole detector.json
+    kind: str = "features"  # or "network": ``head`` scores preprocessed pixels, there is no backbone
+
+    @property
+    def name(self) -> str:
+        """The head's or the network's registered name."""
+        return str(self.info.get("network" if self.kind == "network" else "head", {}).get("name"))
+
+    @torch.no_grad()
+    def score_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Probabilities of fake, (n,) float64, for preprocessed images (n, 3, S, S) of a "network" detector."""
+        if self.kind != "network":
+            raise DetectorError(f"{self.folder}: a feature detector scores backbone features, not pixels")
+        device = next(self.head.parameters()).device
+        return torch.sigmoid(self.head(pixels.float().to(device)).float()).cpu().numpy().astype(np.float64)
 
     @torch.no_grad()
     def score(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """Probabilities of fake, (n,) float64, for backbone features (n, feature_dim)."""
+        if self.kind == "network":
+            raise DetectorError(f"{self.folder}: a network detector scores pixels (score_pixels), not features")
         x = torch.as_tensor(np.asarray(features, dtype=np.float32) if not torch.is_tensor(features) else features)
         if x.ndim != 2 or x.shape[1] != self.feature_dim:
             raise DetectorError(
@@ -281,6 +305,11 @@ def read_detector(folder: str | os.PathLike[str], *, device: str = "cpu") -> Det
         raise DetectorError(
             f"{path}: unknown format_version {version!r}; this causalclip reads {list(SUPPORTED_VERSIONS)}"
         )
+    kind = info.get("kind", "features")
+    if kind == "network":
+        return _read_network_detector(folder, info, device)
+    if kind != "features":
+        raise DetectorError(f"{path}: unknown kind {kind!r}; expected 'features' or 'network'")
     for key in ("backbone", "preprocessing", "threshold", "feature_dim"):
         if key not in info:
             raise DetectorError(f"{path}: missing key {key!r}")
@@ -309,3 +338,132 @@ def read_detector(folder: str | os.PathLike[str], *, device: str = "cpu") -> Det
         feature_dim=dim,
         info=info,
     )
+
+
+# --------------------------------------------------------------------------------------------- network detectors
+
+
+def _read_network_detector(folder: Path, info: dict[str, Any], device: str) -> Detector:
+    path = folder / DETECTOR_NAME
+    for key in ("network", "preprocessing", "threshold"):
+        if key not in info:
+            raise DetectorError(f"{path}: missing key {key!r}")
+    preprocessing = _check_preprocessing(info["preprocessing"], str(path))
+    threshold = _check_threshold(info["threshold"], str(path))
+    try:
+        loaded = load_network(folder, device=device)
+    except CheckpointError as exc:
+        raise DetectorError(str(exc)) from exc
+    name = info["network"].get("name") if isinstance(info["network"], dict) else None
+    if name != loaded.method:
+        raise DetectorError(f"{path}: records network {name!r} but {folder / CONFIG_NAME} holds {loaded.method!r}")
+    if loaded.preprocessing.to_dict() != preprocessing:
+        raise DetectorError(
+            f"{path}: preprocessing {preprocessing!r} differs from the network's {loaded.info['preprocessing']!r}"
+        )
+    return Detector(
+        folder=folder,
+        head=loaded.network,
+        backbone={},
+        preprocessing=preprocessing,
+        threshold=threshold,
+        provenance=dict(info.get("provenance") or {}),
+        calibration=dict(info.get("calibration") or {}),
+        feature_dim=0,
+        info=info,
+        kind="network",
+    )
+
+
+def _prepare_out(out: Path, overwrite: bool, *, not_same_as: Path | None = None) -> None:
+    if not_same_as is not None and out.resolve() == not_same_as.resolve():
+        raise DetectorError(f"{out}: the detector folder must differ from the run folder")
+    if out.exists() and not out.is_dir():
+        raise DetectorError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: not empty; choose another folder or pass --overwrite (overwrite=True)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DETECTOR_NAME).unlink(missing_ok=True)  # a half-updated folder must not look complete
+
+
+def write_network_detector(
+    out: str | os.PathLike[str],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    network: torch.nn.Module | None = None,
+    method: str | None = None,
+    config: Any = None,
+    init: dict[str, Any] | None = None,
+    threshold: float | None = None,
+    calibration: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a detector folder of kind "network": from a run folder ``source`` (its config.json and weights are
+    copied; threshold from its threshold.json unless given), or from an in-memory ``network`` of ``method`` with its
+    architecture ``config`` and ``init`` record (an imported authors' checkpoint). Re-loaded before returning."""
+    from ..core.revision import code_revision
+    from ..networks.registry import get_network_method
+    from ..pixel.folder import save_network
+
+    out = Path(out)
+    if threshold is not None and calibration is None:
+        calibration = {"method": "explicit", "note": "threshold given at export"}
+    prov: dict[str, Any] = {
+        "exported": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_revision": code_revision(),
+    }
+    if source is not None:
+        source = Path(source)
+        if not is_network_folder(source):
+            raise DetectorError(f"{source / CONFIG_NAME}: not the run folder of a network trained on images")
+        try:
+            loaded = load_network(source)
+        except CheckpointError as exc:
+            raise DetectorError(str(exc)) from exc
+        method, prep, init = loaded.method, loaded.preprocessing, loaded.info.get("init", {})
+        run_prov = loaded.info.get("provenance", {})
+        prov = {
+            "run": str(source.resolve()),
+            **run_prov,
+            "training_code_revision": run_prov.get("code_revision"),
+            **prov,
+        }
+        if threshold is None:
+            rec = read_threshold(source)
+            if rec is None:
+                threshold = 0.5
+                calibration = {"method": "default", "note": f"{source} has no threshold.json; 0.5 (protocol)"}
+            else:
+                threshold, calibration = float(rec["threshold"]), {k: v for k, v in rec.items() if k != "threshold"}
+        _prepare_out(out, overwrite, not_same_as=source)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            atomic_write(out / name, lambda p, src=source / name: shutil.copyfile(src, p))
+    else:
+        if network is None or method is None:
+            raise ValueError("write_network_detector needs a run folder (source) or a network and its method")
+        spec = get_network_method(method)
+        r = spec.recipe
+        from ..images.transforms import Preprocessing
+
+        prep = Preprocessing(mode="crop", size=r.test_crop, mean=tuple(r.mean), std=tuple(r.std))
+        _prepare_out(out, overwrite)
+        save_network(out, network, method=method, config=config, preprocessing=prep, init=init or {})
+    if threshold is None:
+        threshold = 0.5
+        calibration = calibration or {"method": "default", "note": "not calibrated: 0.5, the authors' rule (logit > 0)"}
+    t = _check_threshold(threshold, "export threshold")
+    info = {
+        "format": DETECTOR_FORMAT,
+        "format_version": DETECTOR_FORMAT_VERSION,
+        "kind": "network",
+        "network": {"name": method, "config": CONFIG_NAME, "weights": WEIGHTS_NAME, "init": (init or {}).get("method")},
+        "preprocessing": prep.to_dict(),
+        "threshold": t,
+        "calibration": calibration,
+        "provenance": {**prov, **(provenance or {})},
+    }
+    text = json.dumps(info, indent=2) + "\n"
+    atomic_write(out / DETECTOR_NAME, lambda p: p.write_text(text, encoding="utf-8"))  # last: marks completion
+    read_detector(out)
+    return out

@@ -1,0 +1,140 @@
+"""Networks trained on images, on disk: ``config.json`` + ``model.safetensors``, like heads, never a pickle.
+
+``config.json`` names the method, its architecture config, the test-time preprocessing (centre crop without
+resize, the recipe's mean/std) and how the weights were initialised, so that a run folder, a detector folder or
+an imported authors' checkpoint is self-describing::
+
+    {"format_version": 1, "kind": "network", "network": "npr", "network_config": {...},
+     "preprocessing": {"mode": "crop", "size": 224, "mean": [...], "std": [...]},
+     "init": {"method": "scratch" | "imagenet" | "checkpoint", ...}, "threshold": 0.5, "provenance": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..core.config import ConfigError, config_to_dict
+from ..core.io import atomic_write, read_json
+from ..heads.checkpoint import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, CheckpointError
+from ..images.transforms import Preprocessing
+from ..networks.registry import build_network, get_network_method
+
+__all__ = ["LoadedNetwork", "is_network_folder", "load_network", "save_network"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedNetwork:
+    network: nn.Module  # in eval mode; (n, 3, S, S) normalised pixels -> (n,) logits
+    info: dict[str, Any]  # the parsed config.json
+
+    @property
+    def method(self) -> str:
+        return str(self.info["network"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.info["preprocessing"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info.get("threshold", 0.5))
+
+
+def save_network(
+    folder: str | os.PathLike[str],
+    network: nn.Module,
+    *,
+    method: str,
+    config: Any,
+    preprocessing: Preprocessing,
+    init: dict[str, Any],
+    threshold: float = 0.5,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``network`` to ``folder`` as config.json + model.safetensors (both atomically; config last)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {
+        "format_version": FORMAT_VERSION,
+        "kind": "network",
+        "network": method,
+        "network_config": config_to_dict(config),
+        "preprocessing": preprocessing.to_dict(),
+        "init": init,
+        "threshold": threshold,
+        **(extra or {}),
+    }
+    module = network.module if hasattr(network, "module") else network  # unwrap DDP
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    atomic_write(
+        folder / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt", "network": method})
+    )
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(text, encoding="utf-8"))
+    return folder
+
+
+def is_network_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder``'s config.json describes a network trained on images (not a head on features)."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        return False
+    try:
+        info = read_json(path)
+    except ValueError:
+        return False
+    return isinstance(info, dict) and info.get("kind") == "network"
+
+
+def load_network(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedNetwork:
+    """Load a network saved by :func:`save_network` (a run, detector or imported-checkpoint folder), in eval mode."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a directory (expected a run or detector folder)")
+    unsafe = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if unsafe:
+        raise CheckpointError(
+            f"{folder}: holds pickle-based files ({', '.join(unsafe)}); refusing to load from it because pickle "
+            f"files can run arbitrary code. Import an authors' checkpoint with `causalclip import-checkpoint`."
+        )
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise CheckpointError(f"{p}: missing")
+    info = read_json(cfg_path, CheckpointError)
+    if not isinstance(info, dict) or info.get("kind") != "network":
+        raise CheckpointError(f'{cfg_path}: not a network\'s config (no "kind": "network")')
+    for key in ("network", "network_config", "preprocessing"):
+        if key not in info:
+            raise CheckpointError(f"{cfg_path}: missing key {key!r}")
+    if info.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path}: format_version {info['format_version']} is newer than this causalclip")
+    try:
+        get_network_method(info["network"])
+        network = build_network(info["network"], info["network_config"])
+        Preprocessing.from_dict(info["preprocessing"])
+    except (KeyError, ValueError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}") from exc
+    try:
+        state = load_file(str(w_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{w_path}: not a valid safetensors file ({exc}); refusing to try other (pickle-based) readers"
+        ) from exc
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{w_path}: weights do not match the network in {CONFIG_NAME}: {exc}") from exc
+    network.to(torch.device(device)).eval()
+    return LoadedNetwork(network=network, info=info)
