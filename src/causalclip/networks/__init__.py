@@ -5,6 +5,7 @@ Select by name through :data:`NETWORKS` / :func:`build_network`; every module ma
 with its recipe's mean/std, to (n,) logits (> 0: fake), with its non-learned input transform inside ``forward``.
 """
 
+from .importer import CheckpointImportError, import_network, load_imagenet_weights, read_state_dict
 from .registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -17,6 +18,10 @@ from .registry import (
 )
 
 __all__ = [
+    "CheckpointImportError",
+    "import_network",
+    "load_imagenet_weights",
+    "read_state_dict",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NETWORKS",

@@ -98,10 +98,10 @@ class NetworkMethod:
     checkpoints: tuple[str, ...]  # where the official checkpoints are published, and what the importer reads
 
 
-_NPR = "https://github.com/chuangchuangtan/NPR-DeepfakeDetection/blob/73cde1c"
-_CNNDET = "https://github.com/PeterWang512/CNNDetection/blob/ea0b562"
-_AIGC = "https://github.com/Ekko-zn/AIGCDetectBenchmark/blob/5cd41a6"
-_FRANK = "https://github.com/RUB-SysSec/GANDCTAnalysis/blob/988c4c3"
+_NPR = "https://github.com/chuangchuangtan/NPR-DeepfakeDetection/blob/73cde1ced21291bfb504a2add2b53fbe99c4f433"
+_CNNDET = "https://github.com/PeterWang512/CNNDetection/blob/ea0b5622365e3a9cd31d1b54b6b5971131a839ab"
+_AIGC = "https://github.com/Ekko-zn/AIGCDetectBenchmark/blob/5cd41a614b6c848c53ae75f561b2e1a5287cccf0"
+_FRANK = "https://github.com/RUB-SysSec/GANDCTAnalysis/blob/988c4c3dc46ada117f2bb49a03ebf57c292dc505"
 
 NETWORKS: dict[str, NetworkMethod] = {
     "npr": NetworkMethod(
@@ -199,7 +199,8 @@ NETWORKS: dict[str, NetworkMethod] = {
             # Keras EarlyStopping(patience=5): the first plateau ends the run (lr / 10 < min_lr = lr).
             plateau_patience=5,
             min_lr=1e-3,
-            train_resize=None,
+            # crop_lsun.py / crop_celeba.py: centre square, resized to 128 x 128, before the DCT.
+            train_resize=128,
             train_crop=128,
             train_crop_mode="center",
             flip=False,
