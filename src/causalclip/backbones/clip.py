@@ -24,6 +24,8 @@ from .base import Backbone, BackboneError
 __all__ = [
     "ClipBackbone",
     "ClipSpec",
+    "ClipTextTower",
+    "load_clip_text",
 ]
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -181,3 +183,105 @@ class _ClipFeature(nn.Module):
         else:
             pooled = self.clip.vision_model(pixel_values=pixels).pooler_output
         return self.clip.visual_projection(pooled) if self.feature == "image_embeds" else pooled
+
+
+@dataclasses.dataclass
+class ClipTextTower:
+    """CLIP's frozen text side, for heads that compare image embeddings with text (CLIPping's prompt tuning)."""
+
+    model: nn.Module  # CLIPTextModelWithProjection in eval mode, requires_grad False: text -> text_embeds (B, proj)
+    tokenizer: Any  # the checkpoint's own tokenizer
+    logit_scale: float  # CLIP's learnt log temperature; exp() is the cosine multiplier (100 for OpenAI's models)
+    model_id: str  # hub id, or the folder as an absolute path (as ClipBackbone records it)
+    revision: str | None
+
+
+def _checkpoint_tensor(model_id: str, revision: str | None, key: str) -> torch.Tensor | None:
+    """One tensor of a (possibly sharded) safetensors checkpoint, read without loading the rest; None if absent."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def resolve(name: str) -> str | None:
+        if os.path.isdir(model_id):
+            path = os.path.join(model_id, name)
+            return path if os.path.isfile(path) else None
+        return cached_file(model_id, name, revision=revision, _raise_exceptions_for_missing_entries=False)
+
+    single = resolve("model.safetensors")
+    if single is None:
+        index = resolve("model.safetensors.index.json")
+        if index is None:
+            return None
+        shard = json.loads(Path(index).read_text(encoding="utf-8")).get("weight_map", {}).get(key)
+        single = resolve(shard) if shard else None
+        if single is None:
+            return None
+    with safe_open(single, framework="pt") as f:
+        return f.get_tensor(key) if key in f.keys() else None
+
+
+def load_clip_text(model: str, *, revision: str | None = None) -> ClipTextTower:
+    """Load the frozen text tower, tokenizer and logit scale of the CLIP in ``model`` (hub id or folder).
+
+    Only a full CLIP checkpoint (``CLIPModel``: both towers, the projections and the logit scale) qualifies: a
+    vision-only checkpoint (``CLIPVisionModelWithProjection``, what extraction alone needs) has no text tower, and
+    transformers would otherwise fill the missing weights with random ones, so any missing weight is an error.
+    Safetensors weights only (nothing is unpickled).
+    """
+    try:
+        from transformers import AutoConfig, AutoTokenizer, CLIPTextModelWithProjection
+    except ImportError as exc:
+        raise BackboneError("loading CLIP needs the 'transformers' package: pip install 'causalclip[extract]'") from exc
+    model_id = os.path.expanduser(model)
+    if _is_local(model) and not os.path.isdir(model_id):
+        raise BackboneError(f"{model}: no such folder (expected a CLIP checkpoint folder or a hub id)")
+    if os.path.isdir(model_id):
+        model_id = os.path.abspath(model_id)
+    offline_hint = (
+        ""
+        if os.path.isdir(model_id)
+        else f" If this machine is offline, download it elsewhere (`huggingface-cli download {model}`) and pass its folder."
+    )
+    try:
+        cfg = AutoConfig.from_pretrained(model_id, revision=revision)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise BackboneError(f"cannot read the CLIP config of {model!r}: {first}.{offline_hint}") from exc
+    if cfg.model_type != "clip":
+        raise BackboneError(
+            f"{model}: a {cfg.model_type!r} checkpoint, not a full CLIP (model_type 'clip'); its text tower, text "
+            "projection and logit scale are needed, as in openai/clip-vit-large-patch14"
+        )
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    # the vision tower's weights are "unexpected" here by design: no load report about them (checked below instead)
+    hf_logging.set_verbosity_error()
+    try:
+        text, info = CLIPTextModelWithProjection.from_pretrained(
+            model_id, revision=revision, use_safetensors=True, output_loading_info=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise BackboneError(
+            f"cannot load the CLIP text tower or tokenizer of {model!r}: {first}.{offline_hint}"
+        ) from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:
+        raise BackboneError(
+            f"{model}: the checkpoint lacks {len(missing)} text-tower weight(s) (first: {missing[0]}); refusing to "
+            "use a randomly initialised text tower"
+        )
+    scale = _checkpoint_tensor(model_id, revision, "logit_scale")
+    if scale is None:
+        raise BackboneError(f"{model}: no 'logit_scale' in the checkpoint's safetensors weights")
+    return ClipTextTower(
+        model=text.eval().requires_grad_(False),
+        tokenizer=tokenizer,
+        logit_scale=float(scale.float()),
+        model_id=model_id,
+        revision=revision,
+    )

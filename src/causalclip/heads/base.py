@@ -26,6 +26,9 @@ class Head(nn.Module):
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    # True for heads built on the backbone that made the training set (CLIPping's text tower): build_head then passes
+    # the training FeatureSet as ``feature_set=`` (None when loading a saved head)
+    uses_feature_set: ClassVar[bool] = False
 
     def __init__(self, *, dim: int, config: Any) -> None:
         super().__init__()

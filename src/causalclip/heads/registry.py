@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.config import config_from_dict
+from ..features.featureset import FeatureSet
 from .base import Head
 from .causalclip import CausalCLIPHead
+from .clipping import ClippingHead, ClippingLinearProbeHead
 from .linear import LinearProbeHead
 from .vib import VIBHead
 
@@ -24,12 +26,16 @@ def register_head(cls: type[Head]) -> type[Head]:
     return cls
 
 
-for _cls in (CausalCLIPHead, LinearProbeHead, VIBHead):
+for _cls in (CausalCLIPHead, LinearProbeHead, VIBHead, ClippingHead, ClippingLinearProbeHead):
     register_head(_cls)
 
 
-def build_head(name: str, *, dim: int, config: Any = None) -> Head:
-    """Instantiate the registered head ``name`` for d = ``dim`` features; ``config`` is its config or a dict."""
+def build_head(name: str, *, dim: int, config: Any = None, feature_set: FeatureSet | None = None) -> Head:
+    """Instantiate the registered head ``name`` for d = ``dim`` features; ``config`` is its config or a dict.
+
+    ``feature_set``: the training set, passed to heads built on the backbone that made it (``uses_feature_set``:
+    CLIPping loads that CLIP's text tower); None when loading a saved head. Other heads ignore it.
+    """
     if name not in HEADS:
         raise KeyError(f"unknown head {name!r}; available: {sorted(HEADS)}")
     cls = HEADS[name]
@@ -39,4 +45,6 @@ def build_head(name: str, *, dim: int, config: Any = None) -> Head:
         config = config_from_dict(cls.config_cls, config, where=f"head {name}: ")
     elif not isinstance(config, cls.config_cls):
         raise TypeError(f"head {name!r} expects a {cls.config_cls.__name__}, got {type(config).__name__}")
+    if cls.uses_feature_set:
+        return cls(dim=dim, config=config, feature_set=feature_set)
     return cls(dim=dim, config=config)

@@ -131,7 +131,7 @@ def train(
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_head(rc.head, dim=tr.dim, config=rc.head_config).to(device)
+    model = build_head(rc.head, dim=tr.dim, config=rc.head_config, feature_set=tr).to(device)
     groups = model.param_groups()
     opt_cls = torch.optim.AdamW if model.optimizer_name() == "adamw" else torch.optim.Adam
     opts = {g: opt_cls(ps, lr=cfg.lr, weight_decay=cfg.weight_decay) for g, ps in groups.items()}
