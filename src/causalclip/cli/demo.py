@@ -35,6 +35,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         build=build,
         backbone=args.backbone,
         heads=tuple(args.heads),
+        **({} if args.networks is None else {"networks": tuple(args.networks)}),
         protocol=args.protocol,
         train_families=tuple(args.train_families) if args.train_families else None,
         seeds=tuple(args.seeds),
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="offline end-to-end demo: real photos, locally trained generators, cross-generator results",
         description="Build (once, then cached) a benchmark from the photos shipped with scikit-image and "
         "scikit-learn and four generator families trained here, extract weight-free forensic features, train "
-        "CausalCLIP, UnivFD and VIB-Net on each family (or, --protocol leave-one-out, on all families but each one "
+        "CausalCLIP, UnivFD and VIB-Net on them and NPR, CNNSpot and FreDect on the tiles' pixels, on each family (or, --protocol leave-one-out, on all families but each one "
         "in turn), test on all, print the tables, write plots and a detector folder. Never touches the network.",
     )
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
@@ -67,6 +68,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--no-builtin-photos", action="store_true", help="only the --photos folders")
     d.add_argument("--backbone", metavar="SPEC", help="default spectrum:size=T+npr:size=T (T = tile size)")
     d.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=["causalclip", "univfd", "vib"])
+    from ..networks.registry import NETWORKS
+
+    d.add_argument(
+        "--networks",
+        nargs="*",
+        choices=sorted(NETWORKS),
+        metavar="NAME",
+        help="networks trained on the tiles' pixels, narrow versions (default npr cnnspot fredect; "
+        f"choices {', '.join(sorted(NETWORKS))}; --networks with no name: none)",
+    )
     d.add_argument("--families", nargs="+", metavar="NAME", help="generator families to build (default all)")
     d.add_argument(
         "--protocol",

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..heads.causalclip import ABLATIONS
 from ..heads.registry import HEADS
+from ..networks.registry import NETWORKS
 from ..paper.experiment import ExtractOptions
 from ..paper.presets import DATASET_ROOTS, DEFAULT_VAL_FRACTION, PRESETS, resolve_preset
 from .extract import processes_arg
@@ -108,7 +109,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_data_args(x, required=True)
     _add_extract_args(x)
     _add_train_args(x)
-    x.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=["causalclip", "univfd", "vib"])
+    x.add_argument(
+        "--heads",
+        nargs="*",
+        choices=sorted(HEADS),
+        default=["causalclip", "univfd", "vib"],
+        help="heads on the cached features (default causalclip univfd vib; --heads with no name: none)",
+    )
+    x.add_argument(
+        "--networks",
+        nargs="+",
+        choices=sorted(NETWORKS),
+        default=[],
+        help="also train these networks on the same images with their authors' recipes (e.g. npr cnnspot fredect); "
+        "their rows join the tables",
+    )
+    x.add_argument(
+        "--network-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override of the networks' recipe or loop, e.g. recipe.epochs=5, train.workers=4, "
+        "train.imagenet_weights=resnet50.pth",
+    )
     x.add_argument("--all-paper-rows", action="store_true", help="show all of the paper's methods, not just ours")
     x.add_argument(
         "--protocol",
@@ -234,6 +257,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         protocol=args.protocol,
         leave_out=args.leave_out,
+        networks=args.networks,
+        network_overrides=args.network_set,
     )
     for o in [*res.outcomes, *(res.loo.outcomes if res.loo else [])]:
         print(f"{o.spec.name}: {o.status} -> {o.run_dir}", file=sys.stderr)

@@ -67,7 +67,15 @@ __all__ = [
 
 log = logging.getLogger("causalclip")
 
-HEAD_LABELS = {"causalclip": "CausalCLIP", "univfd": "UnivFD", "vib": "VIB-Net"}
+HEAD_LABELS = {
+    "causalclip": "CausalCLIP",
+    "univfd": "UnivFD",
+    "vib": "VIB-Net",
+    "npr": "NPR",
+    "cnnspot": "CNNSpot (scratch)",
+    "fredect": "FreDect",
+    "fredect-simple": "FreDect (simple)",
+}
 
 # Training of the heads in the demo. The paper's defaults (lr 1e-4, batch 256, early stopping on AP) are made
 # for ~700k CLIP features; here there are ~1.3k training vectors, so: smaller batches, a larger learning rate,
@@ -87,6 +95,41 @@ DEFAULT_TRAIN: dict[str, Any] = {
 # The tiny preset (tests, a first look in seconds): three epochs.
 TINY_TRAIN: dict[str, Any] = {**DEFAULT_TRAIN, "train.epochs": 3}
 
+# Networks trained on the tiles' pixels, beside the heads. The authors' architectures at 64-px tiles are far too
+# slow for a 2-core demo (ResNet-50: ~10 training images/s here), so the demo trains narrow versions of the same
+# code (one block per stage, a quarter of the width; FreDect's DCT at the tile size) and says so in every table.
+# CNNSpot starts from scratch: ImageNet weights cannot be downloaded here. Training as the heads': learning rate
+# 1e-3, validation BCE selects the epoch (chosen before looking at any test number); each training family is
+# subsampled to at most NETWORK_IMAGES_PER_CLASS tiles per class (seeded), the test sets are whole.
+DEMO_NETWORKS = ("npr", "cnnspot", "fredect")
+NETWORK_IMAGES_PER_CLASS = 200
+_NARROW_RESNET = {"layers": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "stem_width": 16}
+
+
+def network_architecture(name: str, tile: int) -> dict[str, Any]:
+    """The narrow architecture the demo trains for network ``name`` at ``tile`` px (overrides of its config)."""
+    if name == "npr":
+        return {"layers": [1, 1], "widths": [16, 32], "stem_width": 16}
+    if name == "fredect":
+        return {**_NARROW_RESNET, "size": tile}
+    if name == "fredect-simple":
+        return {"size": tile}
+    return dict(_NARROW_RESNET)
+
+
+DEFAULT_NETWORK_TRAIN: dict[str, Any] = {
+    "recipe.epochs": 4,
+    "recipe.batch_size": 32,
+    "recipe.lr": 1e-3,
+    "recipe.train_resize": None,
+    "train.early_stop_metric": "loss",
+    "train.patience": 2,
+    "train.workers": 0,
+    "train.num_threads": 0,
+    "train.val_max_samples": 200,
+}
+TINY_NETWORK_TRAIN: dict[str, Any] = {**DEFAULT_NETWORK_TRAIN, "recipe.epochs": 1, "recipe.batch_size": 8}
+
 # "one-family": train on one family, test on all (the paper's protocol). "leave-one-out": train on the union of
 # all families but one (several training environments), test on all; the family left out is the unseen one.
 PROTOCOLS = ("one-family", "leave-one-out")
@@ -98,6 +141,10 @@ class DemoConfig:
     # Backbone spec (causalclip.backbones.forensic); None: f"spectrum:size={tile}+npr:size={tile}" (weight-free)
     backbone: str | None = None
     heads: tuple[str, ...] = ("causalclip", "univfd", "vib")
+    # Networks trained on the tiles themselves (causalclip.pixel), narrow versions (network_architecture).
+    networks: tuple[str, ...] = DEMO_NETWORKS
+    network_overrides: tuple[tuple[str, Any], ...] = tuple(DEFAULT_NETWORK_TRAIN.items())
+    network_images_per_class: int = NETWORK_IMAGES_PER_CLASS
     protocol: Literal["one-family", "leave-one-out"] = "one-family"
     # None: each family in turn. One-family: the families trained on; leave-one-out: the families left out.
     train_families: tuple[str, ...] | None = None
@@ -115,7 +162,21 @@ class DemoConfig:
         if name not in BUILD_SIZES:
             raise DemoError(f"unknown preset {name!r}; available: {sorted(BUILD_SIZES)}")
         train = TINY_TRAIN if name == "tiny" else DEFAULT_TRAIN
-        return cls(**{"build": BUILD_SIZES[name], "train_overrides": tuple(train.items()), **changes})
+        nets = TINY_NETWORK_TRAIN if name == "tiny" else DEFAULT_NETWORK_TRAIN
+        per_class = 16 if name == "tiny" else NETWORK_IMAGES_PER_CLASS
+        return cls(
+            **{
+                "build": BUILD_SIZES[name],
+                "train_overrides": tuple(train.items()),
+                "network_overrides": tuple(nets.items()),
+                "network_images_per_class": per_class,
+                **changes,
+            }
+        )
+
+    def methods(self) -> tuple[str, ...]:
+        """Heads on features, then networks on pixels: the rows of every table."""
+        return (*self.heads, *self.networks)
 
     def backbone_spec(self) -> str:
         t = self.build.tile
@@ -291,12 +352,13 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
         else ()
     )
     unseen_label = _unseen_label(cfg)
+    seeds_note = (*seeds_note, *_networks_note(cfg))
     mean = _mean_frame(results, ["ap", "acc"])
     for fam in cfg.training_families():
         name, seen = cfg.train_set_name(fam), cfg.seen_families(fam)
         for metric in ("ap", "acc"):
             rows = {}
-            for head in cfg.heads:
+            for head in cfg.methods():
                 sub = mean[(mean["train_family"] == name) & (mean["head"] == head)].set_index("test_family")[metric]
                 values = {(f"{g} (train)" if g in seen else g): 100 * sub[g] for g in families}
                 unseen = [100 * sub[g] for g in families if g not in seen]
@@ -317,7 +379,7 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
                 )
             tables[f"{name}/{metric}"] = ResultsTable(frame=frame, metric=metric, notes=(first, *seeds_note))
     rows = {}
-    for head in cfg.heads:
+    for head in cfg.methods():
         sub = mean[(mean["head"] == head) & ~mean["seen"].astype(bool)]
         per_train = sub.groupby("train_family")["ap"].mean()
         values = {name: 100 * per_train[name] for name in cfg.train_sets()}
@@ -332,6 +394,17 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
     )
     tables["summary"] = ResultsTable(frame=frame, metric="ap", notes=(note, *seeds_note))
     return tables
+
+
+def _networks_note(cfg: DemoConfig) -> tuple[str, ...]:
+    if not cfg.networks:
+        return ()
+    names = ", ".join(HEAD_LABELS.get(n, n) for n in cfg.networks)
+    return (
+        f"{names}: trained on the tiles' pixels (at most {cfg.network_images_per_class} per class and family), "
+        "narrow versions of the authors' networks (one block per stage, a quarter of the width), from scratch; "
+        "the heads above them score weight-free forensic features.",
+    )
 
 
 SPREAD_COLUMNS = [
@@ -372,7 +445,7 @@ def seed_spread_frame(results: pd.DataFrame, cfg: DemoConfig) -> pd.DataFrame | 
             part["train_family"], part["test"] = fam, test
             parts.append(part)
     frame = pd.concat(parts, ignore_index=True)
-    order = {head: k for k, head in enumerate(cfg.heads)}
+    order = {head: k for k, head in enumerate(cfg.methods())}
     frame = frame.sort_values("head", key=lambda h: h.map(order), kind="stable").reset_index(drop=True)
     return frame[SPREAD_COLUMNS]
 
@@ -449,7 +522,7 @@ def _plots(results: pd.DataFrame, cfg: DemoConfig, out: Path) -> list[Path]:
         return []
     out.mkdir(parents=True, exist_ok=True)
     mean = _mean_frame(results, ["ap"])
-    trains, heads, tests = list(cfg.train_sets()), list(cfg.heads), list(cfg.build.families)
+    trains, heads, tests = list(cfg.train_sets()), list(cfg.methods()), list(cfg.build.families)
     written = []
 
     fig = Figure(figsize=(1.6 + 1.5 * len(trains), 3.4))
@@ -494,6 +567,74 @@ def _plots(results: pd.DataFrame, cfg: DemoConfig, out: Path) -> list[Path]:
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
     written.append(path)
     return written
+
+
+def _images(out: Path, split: str, generators: tuple[str, ...], relabel: str | None):
+    """The split's real tiles and the fakes of ``generators`` as an image set (manifests/<split>.csv); with
+    ``relabel`` every row's generator becomes it (a family's set), else fakes keep their family, reals "real"."""
+    from ..images.layouts import list_samples
+    from ..pixel.data import ImageSet
+
+    manifest = out / "manifests" / f"{split}.csv"
+    samples = list_samples(manifest, "manifest").samples
+    samples = samples[(samples["generator"] == "real") | samples["generator"].isin(generators)]
+    samples = samples[["path", "label", "generator"]].reset_index(drop=True)
+    if relabel is not None:
+        samples["generator"] = relabel
+    desc = {"root": str(manifest), "layout": "manifest", "generators": list(generators), "n": len(samples)}
+    return ImageSet(root=manifest, samples=samples, description={**desc, "n_fake": int(samples["label"].sum())})
+
+
+def _train_networks(cfg: DemoConfig, out: Path, runs: dict) -> list[dict[str, Any]]:
+    """Train every network on every training set (its tiles' pixels) and test it on every family."""
+    from ..images.layouts import balanced_per_class
+    from ..pixel.config import resolve_pixel_config
+    from ..pixel.evaluate import evaluate_images
+    from ..pixel.loop import train_network
+
+    tile = cfg.build.tile
+    tests = [_images(out, "test", (g,), g) for g in cfg.build.families]
+    rows = []
+    for fam in cfg.training_families():
+        name, seen = cfg.train_set_name(fam), cfg.seen_families(fam)
+        relabel = None if _loo(cfg) else fam
+        train_set = _images(out, "train", seen, relabel)
+        train_set.samples = balanced_per_class(train_set.samples, cfg.network_images_per_class, 0)
+        train_set.description["n"] = len(train_set.samples)
+        val_set = _images(out, "val", seen, relabel)
+        for net in cfg.networks:
+            for seed in cfg.seeds:
+                run_dir = out / "runs" / name / f"{net}-seed{seed}"
+                overrides = {
+                    **dict(cfg.network_overrides),
+                    "recipe.train_crop": tile,
+                    "recipe.test_crop": tile,
+                    "train.seed": seed,
+                    **{f"{net}.{k}": v for k, v in network_architecture(net, tile).items()},
+                }
+                rc = resolve_pixel_config(net, overrides=overrides)
+                with _quiet_training():
+                    res = train_network(
+                        train_set=train_set, val_set=val_set, out=run_dir, run_config=rc, progress=False, overwrite=True
+                    )
+                    ev = evaluate_images(run_dir, tests, out=out / "eval" / name / f"{net}-seed{seed}")
+                runs[(name, net, seed)] = run_dir
+                metrics = ev.metrics[ev.metrics["generator"] != "mean"]
+                for _, m in metrics.iterrows():
+                    rows.append(
+                        {
+                            "train_family": name,
+                            "head": net,
+                            "seed": seed,
+                            "test_family": m["generator"],
+                            "seen": m["generator"] in seen,
+                            **{k: m[k] for k in ("n_real", "n_fake", "ap", "acc", "real_acc", "fake_acc")},
+                            "best_epoch": res.best_epoch,
+                        }
+                    )
+                unseen = metrics[~metrics["generator"].isin(seen)]["ap"].mean()
+                log.info("trained %s on %s's pixels (seed %d): unseen AP %.2f", net, name, seed, 100 * unseen)
+    return rows
 
 
 def run_demo(
@@ -582,9 +723,13 @@ def run_demo(
                     unseen = metrics[~metrics["generator"].isin(seen)]["ap"].mean()
                     what = "left-out-family" if _loo(cfg) else "unseen-family"
                     log.info("trained %s on %s (seed %d): %s AP %.2f", head, name, seed, what, 100 * unseen)
+        seconds["train_and_evaluate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if cfg.networks:
+            rows += _train_networks(cfg, out, runs)
+        seconds["networks"] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
-    seconds["train_and_evaluate"] = time.perf_counter() - t0
     results = pd.DataFrame(rows)
     atomic_write(out / "results.csv", lambda p: results.to_csv(p, index=False, float_format="%.6f"))
     tables = _tables(results, cfg)
@@ -626,6 +771,9 @@ def run_demo(
             "backbone": spec,
             "backbone_record": backbone.describe(),
             "heads": list(cfg.heads),
+            "networks": list(cfg.networks),
+            "network_overrides": dict(cfg.network_overrides),
+            "network_architectures": {n: network_architecture(n, cfg.build.tile) for n in cfg.networks},
             "protocol": cfg.protocol,
             "train_families": list(cfg.train_sets()),  # results.csv's train_family values
             "left_out_families": list(cfg.training_families()) if _loo(cfg) else None,

@@ -90,7 +90,16 @@ __all__ = [
 log = logging.getLogger("causalclip")
 
 # Our heads -> the paper's method names (their rows in Tables 1-4).
-HEAD_METHODS: dict[str, str] = {"causalclip": "CausalCLIP", "univfd": "UnivFD", "vib": "VIB-Net"}
+HEAD_METHODS: dict[str, str] = {
+    "causalclip": "CausalCLIP",
+    "univfd": "UnivFD",
+    "vib": "VIB-Net",
+    # networks trained on images (causalclip.pixel): their rows in the paper's tables
+    "npr": "NPR",
+    "cnnspot": "CNNSpot",
+    "fredect": "FreDect",
+    "fredect-simple": "FreDect (simple)",
+}
 EXPERIMENT_FILE = "experiment.json"
 CACHE_FILE = "cache.json"
 # meta.json keys that describe a folder's files, not its features: a subset writes its own.
@@ -481,6 +490,78 @@ def _run_all(
     return outcomes, _long_table(outcomes)
 
 
+def _network_identity(info: Mapping[str, Any]) -> dict[str, Any]:
+    method = info.get("method")
+    free = ("workers", "num_threads", "checkpoint_every")
+    train = {k: v for k, v in dict(info.get("train") or {}).items() if k not in free}
+    keys = ("root", "n", "n_fake", "split", "layout")
+    data = info.get("data") or {}
+    return {
+        "method": method,
+        "network": info.get(str(method)),
+        "recipe": info.get("recipe"),
+        "train": train,
+        "data": {r: {k: (data.get(r) or {}).get(k) for k in keys} for r in ("train", "val")},
+    }
+
+
+def _run_networks(
+    preset: ResolvedPreset,
+    out: Path,
+    networks: Sequence[str],
+    seeds: Sequence[int],
+    cache: FeatureCache,
+    *,
+    overrides: Sequence[str],
+    retrain: bool,
+    eval_max_per_class: int | None,
+    progress: bool,
+) -> list[RunOutcome]:
+    """Train each network x seed on the preset's training images (reused when its run.json matches), select on the
+    validation images, evaluate on every test set: the same listings (and so images) as the heads' features."""
+    from ..pixel.config import resolve_pixel_config
+    from ..pixel.data import image_set_from_listing
+    from ..pixel.evaluate import evaluate_images
+    from ..pixel.loop import train_network
+
+    def images(ds: DataSet):
+        return image_set_from_listing(cache.listing(ds), {"layout": ds.layout, "split": ds.split})
+
+    train_set, val_set = images(preset.train), images(preset.val)
+    tests = [images(ds) for ds in preset.test]
+    outcomes = []
+    for net in networks:
+        for seed in seeds:
+            spec = RunSpec(f"{net}-seed{seed}", net, int(seed), HEAD_METHODS.get(net, net))
+            run_dir = out / "runs" / spec.name
+            extra = [f"train.seed={seed}"] + (
+                [f"train.device={json.dumps(cache.options.device)}"] if cache.options.device else []
+            )
+            rc = resolve_pixel_config(net, overrides=[*overrides, *extra])
+            wanted = _network_identity(
+                {**rc.to_dict(), "data": {"train": train_set.description, "val": val_set.description}}
+            )
+            status: Literal["trained", "reused", "retrained"] = "trained"
+            if (run_dir / "config.json").is_file():
+                have = _network_identity(_read_json(run_dir / "run.json") or {})
+                if have == wanted:
+                    status = "reused"
+                elif not retrain:
+                    raise ValueError(
+                        f"{run_dir}: already holds a run trained with a different configuration or data "
+                        f"({_diff(have, wanted)}); pass --retrain to replace it, or use another --out"
+                    )
+                else:
+                    status = "retrained"
+            if status != "reused":
+                train_network(
+                    train_set=train_set, val_set=val_set, out=run_dir, run_config=rc, progress=progress, overwrite=True
+                )
+            res = evaluate_images(run_dir, tests, out=run_dir / "eval", max_per_class=eval_max_per_class)
+            outcomes.append(RunOutcome(spec, run_dir, status, res.metrics))
+    return outcomes
+
+
 def _long_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:
     """One row per run and test set: the run's identity, then every column of evaluate's metrics."""
     rows = []
@@ -574,6 +655,8 @@ def run_experiment(
     progress: bool = True,
     protocol: Literal["standard", "leave-one-out"] = "standard",
     leave_out: Sequence[str] | None = None,
+    networks: Sequence[str] = (),
+    network_overrides: Sequence[str] = (),
 ) -> ExperimentResult:
     """Extract (cached) -> train each head x seed (reused when unchanged) -> evaluate -> Tables 1-4.
 
@@ -587,11 +670,17 @@ def run_experiment(
     training set left out (``leave_out``: those groups only; default all), selects its epoch on the left-out
     group's validation images and tests it on every test set; see :class:`LeaveOneOutResult` for its files.
     The training set's groups are checked before anything is extracted or trained.
+
+    ``networks`` (NPR, CNNSpot, FreDect: causalclip.pixel) are trained on the same images, with their authors'
+    recipes changed by ``network_overrides`` (``recipe.epochs=5``, ``train.workers=4``, ...), evaluated on the
+    same test images, and get their rows beside the heads' (protocol "standard" only).
     """
+    from ..networks.registry import NETWORKS
+
     out = Path(out)
-    unknown = [h for h in heads if h not in HEADS]
-    if unknown or not heads:
-        raise ValueError(f"unknown head(s) {unknown or heads}; available: {sorted(HEADS)}")
+    unknown = [h for h in heads if h not in HEADS] + [n for n in networks if n not in NETWORKS]
+    if unknown or not (heads or networks):
+        raise ValueError(f"unknown method(s) {unknown or heads}; heads: {sorted(HEADS)}; networks: {sorted(NETWORKS)}")
     if len(set(heads)) != len(heads) or len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"heads {list(heads)} and seeds {list(seeds)} must be non-empty and without repeats")
     if protocol not in PROTOCOLS:
@@ -610,21 +699,45 @@ def run_experiment(
         out,
         {"heads": list(heads), "seeds": list(seeds), "protocol": protocol},
     )
-    outcomes, long = _run_all(
-        preset,
-        out,
-        specs,
-        cache,
-        config_file=config_file,
-        overrides=overrides,
-        retrain=retrain,
-        eval_max_per_class=eval_max_per_class,
-        progress=progress,
+    outcomes, long = (
+        _run_all(
+            preset,
+            out,
+            specs,
+            cache,
+            config_file=config_file,
+            overrides=overrides,
+            retrain=retrain,
+            eval_max_per_class=eval_max_per_class,
+            progress=progress,
+        )
+        if specs
+        else ([], None)
     )
+    if networks:
+        net_outcomes = _run_networks(
+            preset,
+            out,
+            networks,
+            seeds,
+            cache,
+            overrides=network_overrides,
+            retrain=retrain,
+            eval_max_per_class=eval_max_per_class,
+            progress=progress,
+        )
+        record["runs"] += [
+            {**dataclasses.asdict(o.spec), "dir": str(o.run_dir.resolve()), "kind": "network"} for o in net_outcomes
+        ]
+        record["networks"] = list(networks)
+        outcomes = [*outcomes, *net_outcomes]
+        long = _long_table(outcomes)
     means = _method_means(long)
     files = [_write_frame(out / "metrics_long.csv", long), _write_frame(out / "results_seeds.csv", seed_spread(long))]
     tables = {}
-    paper = None if all_paper_rows else [HEAD_METHODS[h] for h in _paper_order(heads) if h in HEAD_METHODS]
+    paper = (
+        None if all_paper_rows else [HEAD_METHODS[h] for h in _paper_order([*heads, *networks]) if h in HEAD_METHODS]
+    )
     seed_note = (
         f"Rows marked (ours) are the mean over seeds {', '.join(map(str, seeds))} (each run: metrics_long.csv)."
         if len(seeds) > 1
@@ -681,8 +794,10 @@ def run_experiment(
 
 
 def _paper_order(heads: Sequence[str]) -> list[str]:
-    """Heads in the order of the paper's rows (UnivFD, VIB-Net, CausalCLIP)."""
-    rank = {"univfd": 0, "vib": 1, "causalclip": 2}
+    """Methods in the order of the paper's rows (CNNSpot, FreDect, Fusing, LGrad, UnivFD, NPR, CLIPping, VIB-Net,
+    CausalCLIP)."""
+    rank = {"cnnspot": 0, "fredect": 1, "fusing": 2, "lgrad": 3, "univfd": 4, "npr": 5, "clipping": 6, "vib": 7}
+    rank["causalclip"] = 8
     return sorted(heads, key=lambda h: rank.get(h, 99))
 
 

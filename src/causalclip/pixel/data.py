@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..images.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
-from ..images.layouts import list_samples
+from ..images.layouts import LayoutResult, list_samples
 from ..images.transforms import Augmentation, Preprocessing, normalise_lut
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ImageSet",
     "TrainTransform",
     "batch_order",
+    "image_set_from_listing",
     "iterate_batches",
     "open_image_set",
 ]
@@ -69,20 +70,24 @@ def open_image_set(
 ) -> ImageSet:
     """List the images of a data set with one of the extraction layouts (docs/guides/layouts.md)."""
     res = list_samples(root, layout, split=split, generator=generator, max_per_class=max_per_class, seed=seed)
-    base = Path(root) if Path(root).is_dir() else Path(root).parent
-    samples = res.samples[["path", "label", "generator"]].copy()
+    desc = {"layout": layout, "split": split, "generator": generator, "max_per_class": max_per_class}
+    return image_set_from_listing(res, desc)
+
+
+def image_set_from_listing(listing: LayoutResult, description: dict[str, Any] | None = None) -> ImageSet:
+    """An :class:`ImageSet` of a layout's listing (paths made absolute); ``description`` is recorded in runs."""
+    root = Path(listing.root)
+    base = root if root.is_dir() else root.parent
+    samples = listing.samples[["path", "label", "generator"]].copy()
     samples["path"] = [p if os.path.isabs(p) else str((base / p).resolve()) for p in samples["path"]]
     samples = samples.reset_index(drop=True)
     desc = {
-        "root": str(Path(root).resolve()),
-        "layout": layout,
-        "split": split,
-        "generator": generator,
-        "max_per_class": max_per_class,
+        "root": str(root.resolve()),
+        **(description or {}),
         "n": len(samples),
         "n_fake": int(samples["label"].sum()),
     }
-    return ImageSet(root=Path(root), samples=samples, description=desc, ignored=res.ignored)
+    return ImageSet(root=root, samples=samples, description=desc, ignored=listing.ignored)
 
 
 # ----------------------------------------------------------------------------------------------- transforms
