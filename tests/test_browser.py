@@ -4,6 +4,7 @@ read each score and label, sort the list, see a broken file's reason; the page l
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -38,13 +39,9 @@ def tiny(tmp_path_factory):
     return {"detector": det, "imgs": imgs}
 
 
-@pytest.fixture(scope="module")
-def server(tiny):
-    """uvicorn on a free loopback port, in a thread; yields (base URL, engine)."""
-    engine = DetectionEngine(tiny["detector"])
-    probs = sorted(d.fake_probability for d in engine.detect_paths(tiny["imgs"]))
-    engine.threshold = (probs[0] + probs[1]) / 2  # so the batch has both labels
-    app = create_app(engine)
+@contextlib.contextmanager
+def _serving(app):
+    """uvicorn on a free loopback port, in a thread; yields the base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -55,10 +52,22 @@ def server(tiny):
     while not srv.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", engine
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    """yields (base URL, engine)."""
+    engine = DetectionEngine(tiny["detector"])
+    probs = sorted(d.fake_probability for d in engine.detect_paths(tiny["imgs"]))
+    engine.threshold = (probs[0] + probs[1]) / 2  # so the batch has both labels
+    with _serving(create_app(engine)) as base:
+        yield base, engine
 
 
 @pytest.fixture
@@ -153,3 +162,41 @@ def test_file_picker_path_works_too(page, server, tiny, tmp_path):
     (expected,) = engine.detect_paths([img])
     pg.set_input_files("#file-input", str(img))
     expect(_row(pg, "picked.png").locator("td.label")).to_have_text(expected.label, timeout=20_000)
+
+
+KEY = "page-key-0123456789abcdef"
+
+
+def test_page_asks_for_the_api_key_once_per_tab(tiny):
+    """With a key on the server: the page asks for it, says when it was refused, keeps it for the tab (a reload
+    does not ask again) and not beyond (a new tab asks again); the score comes through with it."""
+    engine = DetectionEngine(tiny["detector"])
+    img = tiny["imgs"][0]
+    (expected,) = engine.detect_paths([img])
+    with _serving(create_app(engine, api_key=KEY)) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        context = browser.new_context()
+        pg = context.new_page()
+        pg.goto(base + "/")
+        expect(pg.locator("#auth")).to_be_visible()
+        expect(pg.locator("#model")).to_contain_text("Enter the API key")
+        pg.fill("#api-key", "not-the-key-at-all-000")
+        pg.click("#auth-submit")
+        expect(pg.locator("#auth-error")).to_have_text("The server refused this key.")
+        expect(pg.locator("#auth")).to_be_visible()
+        assert pg.evaluate("sessionStorage.getItem('causalclip-api-key')") is None
+        pg.fill("#api-key", KEY)
+        pg.click("#auth-submit")
+        expect(pg.locator("#model")).to_contain_text("fake when probability >")
+        expect(pg.locator("#auth")).to_be_hidden()
+        _drop(pg, [(img.name, img.read_bytes(), "image/png")])
+        expect(_row(pg, img.name).locator("td.label")).to_have_text(expected.label, timeout=20_000)
+        assert pg.evaluate("sessionStorage.getItem('causalclip-api-key')") == KEY
+        assert pg.evaluate("localStorage.length") == 0  # kept for this tab only, never in localStorage
+        pg.reload()
+        expect(pg.locator("#model")).to_contain_text("fake when probability >")
+        expect(pg.locator("#auth")).to_be_hidden()
+        other = context.new_page()  # another tab of the same browser: asked again
+        other.goto(base + "/")
+        expect(other.locator("#auth")).to_be_visible()
+        browser.close()

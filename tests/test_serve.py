@@ -133,9 +133,26 @@ def test_size_limits_give_413_with_a_message(client, tiny):
 
 
 def test_requests_without_files_are_4xx(client):
-    assert client.post("/v1/detect").status_code == 422
-    assert client.post("/v1/detect", data={"other": "x"}).status_code == 422
+    for r in (client.post("/v1/detect"), client.post("/v1/detect", data={"other": "x"})):
+        # the documented error shape (ErrorResponse), not FastAPI's validation list (a schemathesis finding)
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert isinstance(body["detail"], str) and "'files'" in body["detail"]
+        assert body["errors"] == [{"name": "body.files", "error": "Field required"}]
     assert client.get("/v1/detect").status_code == 405
+
+
+def test_schema_says_files_may_not_be_empty(client):
+    """The OpenAPI description and the server agree: at least one 'files' part (a schemathesis finding: the
+    schema allowed an empty list, which multipart sends as no part at all, and the server refused it)."""
+    spec = client.get("/openapi.json").json()
+    ref = spec["paths"]["/v1/detect"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    body = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    assert body["required"] == ["files"] and body["properties"]["files"]["minItems"] == 1
+    detect = spec["paths"]["/v1/detect"]["post"]["responses"]
+    assert {"200", "413", "422", "503"} <= set(detect)
+    assert detect["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    assert "Retry-After" in detect["503"]["headers"]
 
 
 def test_model_health_and_docs(client, engine, tiny):
@@ -143,12 +160,14 @@ def test_model_health_and_docs(client, engine, tiny):
     assert m["detector"] == str(tiny["detector"]) and m["threshold"] == engine.threshold
     assert m["feature_dim"] == 16 and m["head"] == "univfd" and m["backbone"] == str(tiny["root"] / "clip")
     assert m["limits"] == {"max_upload_bytes": LIMIT, "max_request_bytes": REQUEST_LIMIT, "max_files": 4,
-                           "max_pixels": engine.max_pixels}  # fmt: skip
+                           "max_pixels": engine.max_pixels, "max_queued_images": 64,
+                           "deadline_s": 30.0}  # fmt: skip
     assert m["provenance"]["precision"] == "float32" and m["crops"] == "center"
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready", "queued_images": 0, "max_queued_images": 64}
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/detect"]["post"]["requestBody"]["content"]
-    assert "multipart/form-data" in body and {"/v1/model", "/healthz"} <= set(spec["paths"])
+    assert "multipart/form-data" in body and {"/v1/model", "/healthz", "/readyz"} <= set(spec["paths"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "openapi.json" in docs.text
     if "/docs-assets/" in docs.text:  # swagger-ui-bundle installed: the docs page loads nothing from a CDN
@@ -192,10 +211,10 @@ def test_inference_runs_off_the_event_loop(tiny, engine, monkeypatch):
     entered, release = threading.Event(), threading.Event()
     real = engine.probabilities
 
-    def blocking(pixels):
+    def blocking(pixels, **kw):
         entered.set()
         assert release.wait(10), "never released"
-        return real(pixels)
+        return real(pixels, **kw)
 
     monkeypatch.setattr(engine, "probabilities", blocking)
 
@@ -239,18 +258,21 @@ def test_pickled_or_broken_detector_is_refused_at_startup(tiny, tmp_path):
 
 
 def test_serve_command_loads_and_runs_uvicorn(tiny, monkeypatch, capsys):
-    import uvicorn
-
+    import causalclip.cli.serve as serve_cli
     from causalclip.cli.main import main
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, **kw: seen.update(app=app, **kw))
     argv = ["serve", str(tiny["detector"]), "--port", "8123", "--max-upload-mb", "1", "--crops", "grid"]
-    argv += ["--threads", "1"]
+    argv += ["--threads", "1", "--max-queued-images", "40", "--deadline", "7.5", "--shutdown-grace", "3"]
     assert main(argv) == 0
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123 and seen["grace_s"] == 3
     with TestClient(seen["app"]) as c:
         m = c.get("/v1/model").json()
     assert m["limits"]["max_upload_bytes"] == 2**20 and m["crops"] == "grid"
+    assert m["limits"]["max_queued_images"] == 40 and m["limits"]["deadline_s"] == 7.5
     assert "http://127.0.0.1:8123/" in capsys.readouterr().err
     assert main(["serve", str(tiny["root"] / "nothing")]) == 2
+    capsys.readouterr()
+    assert main(["serve", str(tiny["detector"]), "--max-queued-images", "8"]) == 2
+    assert "max_queued_images (8) must be at least max_files (32)" in capsys.readouterr().err

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
+import threading
+from typing import Any
 
-from ..serve.limits import DEFAULT_MAX_FILES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES, MIB
+from ..serve.auth import API_KEY_ENV, AuthConfigError, resolve_api_key
+from ..serve.limits import (
+    DEFAULT_DEADLINE_S,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_QUEUED_IMAGES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_SHUTDOWN_GRACE_S,
+    MIB,
+)
 from .detect import engine_default
 
 
@@ -17,9 +30,37 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+def run_server(app: Any, *, host: str, port: int, log_level: str, grace_s: float) -> None:
+    """uvicorn until SIGTERM or Ctrl+C, then a graceful shutdown: the app stops admitting work at once (its
+    readiness turns to "draining"), uvicorn closes the listening socket and lets the requests in flight finish for
+    up to ``grace_s`` seconds (then cancels them), and this returns normally after SIGTERM so the command exits 0.
+    """
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.admission.close()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=grace_s
+    )
+    server = DrainingServer(config)
+    if threading.current_thread() is not threading.main_thread():  # no signals here (tests, embedding)
+        server.run()
+        return
+    # After a graceful shutdown uvicorn raises the signal again under the previous handler: for SIGTERM that
+    # would end the process with -15 after all; a no-op handler makes a drained SIGTERM an ordinary exit 0.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (checked here, used by run_server)
 
         from ..serve.app import create_app
     except ImportError as exc:
@@ -29,6 +70,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:  # before the model loads: a missing key should not cost a minute of loading
+        api_key = resolve_api_key(host=args.host, key_file=args.api_key_file, no_auth=args.no_auth)
+    except AuthConfigError as exc:
+        print(f"causalclip serve: error: {exc}", file=sys.stderr)
+        return 2
+    for name in ("deadline", "shutdown_grace"):
+        value = getattr(args, name)
+        if not 0 < value < math.inf:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}")
     threads = args.threads
     if threads is None and args.device == "cpu":
         threads = default_threads()
@@ -46,6 +96,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * MIB),
         max_request_bytes=int(args.max_request_mb * MIB),
         max_files=args.max_files,
+        max_queued_images=args.max_queued_images,
+        deadline_s=args.deadline,
+        api_key=api_key,
         device=args.device,
         precision=args.precision,
         backbone_model=args.backbone,
@@ -55,12 +108,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     engine = app.state.engine
+    auth = "API key required on /v1/" if api_key else "no authentication"
     print(
         f"causalclip serve: {engine.describe()['head']} head on {engine.describe()['backbone']}, threshold "
-        f"{engine.threshold:.6g}; page http://{args.host}:{args.port}/ , API docs http://{args.host}:{args.port}/docs",
+        f"{engine.threshold:.6g}; page http://{args.host}:{args.port}/ , API docs http://{args.host}:{args.port}/docs"
+        f"; {auth}; at most {args.max_queued_images} images queued, deadline {args.deadline:g} s",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    run_server(app, host=args.host, port=args.port, log_level=args.log_level, grace_s=args.shutdown_grace)
     return 0
 
 
@@ -69,11 +124,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a detector over HTTP (API + web page)",
         description="Serve a detector folder: POST /v1/detect (multipart 'files' parts), GET /v1/model, "
-        "GET /healthz, API docs at /docs, and a page at / to drop images on. The model is loaded once, before "
-        "the server starts listening. Needs the 'serve' extra.",
+        "GET /healthz (liveness), GET /readyz (readiness), API docs at /docs, and a page at / to drop images on. "
+        "The model is loaded once, before the server starts listening. Listening beyond loopback needs an API key "
+        f"(--api-key-file or ${API_KEY_ENV}) or --no-auth. SIGTERM drains: no new work, in-flight requests finish "
+        "within --shutdown-grace, exit 0. Needs the 'serve' extra.",
     )
     p.add_argument("detector", metavar="DETECTOR", help="detector folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help=f"file holding the API key that /v1/ routes require as 'Authorization: Bearer KEY' (or ${API_KEY_ENV}); "
+        "required when --host is not loopback",
+    )
+    p.add_argument(
+        "--no-auth", action="store_true", help="serve beyond loopback without a key (something in front authenticates)"
+    )
+    p.add_argument(
+        "--max-queued-images",
+        type=int,
+        default=DEFAULT_MAX_QUEUED_IMAGES,
+        metavar="N",
+        help="images admitted and not yet answered; beyond them 503 with Retry-After at once (%(default)s; "
+        "at least --max-files)",
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE_S,
+        metavar="S",
+        help="seconds from a request's arrival until it must be in a forward pass, else 503 (%(default)g)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=DEFAULT_SHUTDOWN_GRACE_S,
+        metavar="S",
+        help="seconds in-flight requests get to finish after SIGTERM (%(default)g)",
+    )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
         "--max-upload-mb",

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ from .detection import Detection
 
 __all__ = [
     "CROP_MODES",
+    "DeadlineExceeded",
     "DetectionEngine",
+    "RequestCancelled",
     "backbone_spec",
     "check_backbone",
     "crop_boxes",
@@ -45,6 +48,8 @@ __all__ = [
 CROP_MODES = ("center", "grid")
 # Extraction records the torch dtype it ran in; load_backbone takes these names.
 _PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# How often a waiting caller looks at its cancel event (the queue wait itself cannot be woken by it).
+_CANCEL_POLL_S = 0.05
 
 
 # ------------------------------------------------------------------------------------------ backbone identity
@@ -202,9 +207,18 @@ def crop_boxes(height: int, width: int, size: int, max_crops: int) -> list[tuple
 # --------------------------------------------------------------------------------------------- the engine
 
 
-@dataclass
+class DeadlineExceeded(TimeoutError):
+    """A queued request was dropped unscored: its deadline passed before a forward pass took it."""
+
+
+class RequestCancelled(Exception):
+    """A queued request was dropped unscored because its caller cancelled it (e.g. an HTTP client went away)."""
+
+
+@dataclass(eq=False)  # identity, not array comparison: the queue removes a cancelled job by identity
 class _Job:
     pixels: np.ndarray
+    deadline: float | None = None  # time.monotonic() after which the job is dropped if no pass has taken it
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -274,6 +288,7 @@ class DetectionEngine:
         self._queue: collections.deque[_Job] = collections.deque()
         self._worker: threading.Thread | None = None
         self.passes = 0  # forward passes run (batches), for tests and monitoring
+        self.dropped = 0  # queued requests dropped unscored (deadline passed or cancelled)
 
     # ---- describing
 
@@ -330,25 +345,59 @@ class DetectionEngine:
             out[i : i + len(x)] = self.detector.score(self.backbone(x).float())
         return out
 
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+    def probabilities(
+        self, pixels: np.ndarray, *, deadline: float | None = None, cancel: threading.Event | None = None
+    ) -> np.ndarray:
         """(n, 3, S, S) preprocessed inputs -> (n,) probabilities of fake. Thread-safe, and batched across threads.
 
         Every forward pass runs in one inference thread, one at a time. It takes the queued requests of all
         threads in arrival order, up to ``batch_size`` inputs per pass, so concurrent single-image requests (a
         server under load) share passes instead of queueing for one pass each; a larger request runs in chunks.
         One thread also keeps the backbone's working memory in one allocator arena instead of one per caller.
+
+        ``deadline`` (a ``time.monotonic()`` value) and ``cancel`` (set by another thread) drop the request from
+        the queue while no pass has taken it yet, raising :class:`DeadlineExceeded` or :class:`RequestCancelled`;
+        a request already in a pass finishes (a pass is not interrupted). A server uses them so that work nobody
+        waits for any more never costs a forward pass.
         """
-        job = _Job(np.asarray(pixels, dtype=np.float32))
+        job = _Job(np.asarray(pixels, dtype=np.float32), deadline=deadline)
         with self._cond:
             self._queue.append(job)
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="causalclip-inference", daemon=True)
                 self._worker.start()
             self._cond.notify()
-        job.done.wait()
+        while not job.done.is_set():
+            expired = deadline is not None and time.monotonic() >= deadline
+            if expired or (cancel is not None and cancel.is_set()):
+                if self._drop(job):
+                    raise DeadlineExceeded("deadline passed while queued") if expired else RequestCancelled()
+                job.done.wait()  # a pass has it already: it ends soon
+                break
+            # a cancel event cannot wake this wait, so look at it a few times a second
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if cancel is not None:
+                wait = _CANCEL_POLL_S if wait is None else min(wait, _CANCEL_POLL_S)
+            job.done.wait(wait)
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _drop(self, job: _Job) -> bool:
+        """Remove ``job`` from the queue if no pass has taken it; True if it was removed."""
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return False
+            self.dropped += 1
+            return True
+
+    @property
+    def queued_inputs(self) -> int:
+        """Backbone inputs (crops) waiting for a forward pass, not counting the pass running now."""
+        with self._cond:
+            return sum(len(j.pixels) for j in self._queue)
 
     def _work(self) -> None:
         while True:
@@ -361,10 +410,16 @@ class DetectionEngine:
     def _run_queued(self) -> None:
         """Under ``_lock``: one pass over the oldest queued jobs that fit in a batch (at least one job)."""
         with self._cond:
-            jobs, n = [], 0
+            jobs, n, now = [], 0, time.monotonic()
             while self._queue and (not jobs or n + len(self._queue[0].pixels) <= self.batch_size):
-                jobs.append(self._queue.popleft())
-                n += len(jobs[-1].pixels)
+                job = self._queue.popleft()
+                if job.deadline is not None and now >= job.deadline:  # nobody waits for it any more
+                    self.dropped += 1
+                    job.error = DeadlineExceeded("deadline passed while queued")
+                    job.done.set()
+                    continue
+                jobs.append(job)
+                n += len(job.pixels)
         if not jobs:
             return
         self.passes += 1
@@ -381,10 +436,14 @@ class DetectionEngine:
             for j in jobs:
                 j.done.set()
 
-    def score_prepared(self, items: Sequence[_Prepared]) -> list[Detection]:
-        """Score the usable items of ``items`` together (one batched pass) and report the others."""
+    def score_prepared(
+        self, items: Sequence[_Prepared], *, deadline: float | None = None, cancel: threading.Event | None = None
+    ) -> list[Detection]:
+        """Score the usable items of ``items`` together (one batched pass) and report the others.
+        ``deadline`` and ``cancel``: as in :meth:`probabilities`."""
         good = [it for it in items if it.pixels is not None]
-        probs = self.probabilities(np.concatenate([it.pixels for it in good])) if good else np.empty(0)
+        pixels = np.concatenate([it.pixels for it in good]) if good else None
+        probs = np.empty(0) if pixels is None else self.probabilities(pixels, deadline=deadline, cancel=cancel)
         results, offset = {}, 0
         for it in good:
             k = len(it.pixels)

@@ -6,32 +6,60 @@ before the server listens), and returns a FastAPI app:
 - ``POST /v1/detect``: multipart, one or more parts named ``files`` -> per file its name, ``fake_probability``
   and ``label``. Every file must be usable: a request with a non-image, a broken image or a decompression bomb
   gets 422 listing each unusable file and why (nothing is scored); too many bytes get 413.
-- ``GET /v1/model`` (what is loaded), ``GET /healthz``, ``GET /openapi.json`` and ``GET /docs``.
+- ``GET /v1/model`` (what is loaded), ``GET /healthz`` (liveness), ``GET /readyz`` (readiness: whether new work
+  is admitted), ``GET /openapi.json`` and ``GET /docs``.
 - ``GET /``: a page to drop images on, self-contained (no external scripts, styles or fonts).
 
-Decoding and inference run in worker threads (never on the event loop); the engine runs one forward pass at a
-time under its lock, and at most ``max_concurrent_decodes`` uploads are decoded at once, which bounds memory.
+Back-pressure: at most ``max_queued_images`` images are admitted and unanswered at once; a request beyond that
+gets 503 with ``Retry-After`` at once (a full server does not even read its body). An admitted request that is not
+in a forward pass ``deadline_s`` seconds after its body arrived gets 503 too, unscored; one whose client went away
+is dropped from the queue. With ``api_key`` every ``/v1/`` route needs ``Authorization: Bearer <key>`` (checked
+before the body is read); the page, the docs and the health routes stay open.
+
+Decoding and inference run in worker threads (never on the event loop, which keeps ``/healthz`` answered under
+any load); the engine runs one forward pass at a time, and at most ``max_concurrent_decodes`` uploads are decoded
+at once, which bounds memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import threading
+import time
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, File, UploadFile
+from fastapi import FastAPI, File, Request, Security, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.version import __version__
-from ..detect.engine import DetectionEngine
+from ..detect.engine import DeadlineExceeded, DetectionEngine, RequestCancelled
 from ..images.decode import DEFAULT_MAX_PIXELS
-from .limits import DEFAULT_MAX_FILES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_UPLOAD_BYTES
+from .admission import Admission, Ticket
+from .auth import key_matches
+from .limits import (
+    DEFAULT_DEADLINE_S,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_QUEUED_IMAGES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_UPLOAD_BYTES,
+)
 
-__all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
+__all__ = [
+    "DEFAULT_DEADLINE_S",
+    "DEFAULT_MAX_FILES",
+    "DEFAULT_MAX_QUEUED_IMAGES",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "create_app",
+]
 
 # The page is self-contained: the browser may load nothing but this server's API and the local previews.
 PAGE_CSP = (
@@ -109,6 +137,65 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+_TICKET = "causalclip_ticket"  # key of the request's admission ticket in scope["state"] (request.state)
+
+
+def _busy(admission: Admission, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, 503, headers={"Retry-After": str(admission.retry_after())})
+
+
+class Gate:
+    """ASGI middleware in front of everything else, so that refusals cost no body read: the API key on ``/v1/``
+    routes (401), and admission of ``POST /v1/detect`` (503 with Retry-After when the queue is full or the server
+    is shutting down). An admitted request holds one image's place until its response has been sent; the route
+    raises it to the request's number of files."""
+
+    def __init__(self, app: ASGIApp, *, admission: Admission, api_key: str | None) -> None:
+        self.app, self.admission = app, admission
+        self.api_key = None if api_key is None else api_key.encode("ascii")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if self.api_key is not None:
+            supplied = None
+            for key, value in scope.get("headers", ()):
+                if key == b"authorization":
+                    scheme, _, token = value.partition(b" ")
+                    if scheme.lower() == b"bearer":
+                        supplied = token.strip()
+            if supplied is None or not key_matches(self.api_key, supplied):
+                detail = (
+                    "wrong API key" if supplied else "missing API key: send the header 'Authorization: Bearer <key>'"
+                )
+                response = JSONResponse({"detail": detail}, 401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, _no_receive, send)
+                return
+        if scope["path"] != "/v1/detect" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        ticket = self.admission.admit(1)
+        if ticket is None:
+            why = "shutting down" if self.admission.closed else f"busy: {self.admission.capacity} images queued"
+            await _busy(self.admission, f"the server is {why}; retry later")(scope, _no_receive, send)
+            return
+        scope.setdefault("state", {})[_TICKET] = ticket
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.release(ticket)
+
+
+async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
+    """Set ``gone`` when the client closes the connection (the ASGI server then sends http.disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
+
+
 class DetectResult(BaseModel):
     name: str = Field(description="the part's file name")
     fake_probability: float = Field(ge=0, le=1, description="probability that the image is AI-generated")
@@ -129,6 +216,12 @@ class FileError(BaseModel):
 class ErrorResponse(BaseModel):
     detail: str
     errors: list[FileError] = []
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "full", "draining"]
+    queued_images: int = Field(description="images admitted and not yet answered")
+    max_queued_images: int
 
 
 def _page() -> str:
@@ -164,32 +257,52 @@ def create_app(
     max_files: int = DEFAULT_MAX_FILES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_concurrent_decodes: int = 4,
+    max_queued_images: int = DEFAULT_MAX_QUEUED_IMAGES,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    api_key: str | None = None,
     **engine_options: Any,
 ) -> FastAPI:
     """The app for a detector folder (loaded here, once) or an already loaded engine.
 
     ``max_upload_bytes``: per file; ``max_request_bytes``: the whole body; ``max_files``: parts per request;
-    ``max_pixels``: the decompression-bomb limit of every image. ``engine_options`` go to
-    :class:`DetectionEngine` (device, precision, backbone_model, threshold, crops, max_crops, batch_size).
+    ``max_pixels``: the decompression-bomb limit of every image. ``max_queued_images``: images admitted and not yet
+    answered (at least ``max_files``, so that every allowed request can fit); ``deadline_s``: seconds from a
+    request's body arriving until it must be in a forward pass. ``api_key``: required on ``/v1/`` routes as
+    ``Authorization: Bearer <key>`` (None: no authentication). ``engine_options`` go to :class:`DetectionEngine`
+    (device, precision, backbone_model, threshold, crops, max_crops, batch_size).
+
+    ``app.state.admission`` is the :class:`~causalclip.serve.admission.Admission`; closing it makes the server
+    refuse new work (a graceful shutdown does).
     """
     for name, value in (
         ("max_upload_bytes", max_upload_bytes),
         ("max_request_bytes", max_request_bytes),
         ("max_files", max_files),
         ("max_concurrent_decodes", max_concurrent_decodes),
+        ("max_queued_images", max_queued_images),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if max_queued_images < max_files:
+        raise ValueError(
+            f"max_queued_images ({max_queued_images}) must be at least max_files ({max_files}): "
+            "a request of max_files images could never be admitted"
+        )
+    if isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or not 0 < deadline_s < math.inf:
+        raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s!r}")
     if isinstance(detector, DetectionEngine):
         engine = detector
     else:
         engine = DetectionEngine(detector, max_pixels=max_pixels, **engine_options)
     decode_slots = threading.BoundedSemaphore(max_concurrent_decodes)
+    admission = Admission(capacity=max_queued_images)
     limits = {
         "max_upload_bytes": max_upload_bytes,
         "max_request_bytes": max_request_bytes,
         "max_files": max_files,
         "max_pixels": engine.max_pixels,
+        "max_queued_images": max_queued_images,
+        "deadline_s": deadline_s,
     }
 
     app = FastAPI(
@@ -200,7 +313,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.engine = engine
+    app.state.admission = admission
     app.add_middleware(BodyLimit, limit=max_request_bytes)
+    app.add_middleware(Gate, admission=admission, api_key=api_key)  # added last: runs first
     _mount_docs(app)
     if not any(getattr(r, "path", None) == "/docs" for r in app.routes):
         from fastapi.openapi.docs import get_swagger_ui_html
@@ -209,15 +324,47 @@ def create_app(
         async def cdn_docs() -> HTMLResponse:
             return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API docs")
 
-    def run(items: list[tuple[str, bytes]]) -> tuple[int, dict[str, Any]]:
-        """In a worker thread: decode everything, then score everything or report what could not be used."""
-        with decode_slots:
-            prepared = [engine.prepare(name, data) for name, data in items]
+    # Only describes the key in the OpenAPI document (Swagger UI's Authorize button); Gate enforces it.
+    key_doc = [Security(HTTPBearer(auto_error=False, description="the server's API key"))] if api_key else []
+    unauthorized = {401: {"model": ErrorResponse, "description": "missing or wrong API key"}} if api_key else {}
+    retry_after = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's validation list, in the documented error shape (``detail`` a sentence, ``errors`` a list)."""
+        errors = [
+            {"name": ".".join(str(x) for x in e.get("loc", ())) or "request", "error": str(e.get("msg", e))}
+            for e in exc.errors()
+        ]
+        no_files = any(tuple(e.get("loc", ()))[-1:] == ("files",) for e in exc.errors())
+        detail = (
+            "no image: send one or more multipart/form-data parts named 'files'"
+            if no_files
+            else f"invalid request ({len(errors)} problem(s))"
+        )
+        return JSONResponse({"detail": detail, "errors": errors}, 422)
+
+    def run(items: list[tuple[str, bytes]], deadline: float, gone: threading.Event) -> tuple[int, dict[str, Any]]:
+        """In a worker thread: decode everything, then score everything or report what could not be used.
+        Raises DeadlineExceeded or RequestCancelled when the request is dropped before its forward pass."""
+        while not decode_slots.acquire(timeout=0.05):
+            if gone.is_set():
+                raise RequestCancelled()
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded("deadline passed while waiting to decode")
+        try:
+            prepared = []
+            for name, data in items:
+                if gone.is_set():
+                    raise RequestCancelled()
+                prepared.append(engine.prepare(name, data))
+        finally:
+            decode_slots.release()
         bad = [{"name": p.name, "error": p.error} for p in prepared if p.error is not None]
         if bad:
             detail = f"{len(bad)} of {len(items)} file(s) could not be used as images; nothing was scored"
             return 422, {"detail": detail, "errors": bad}
-        results = engine.score_prepared(prepared)
+        results = engine.score_prepared(prepared, deadline=deadline, cancel=gone)
         return 200, {
             "threshold": engine.threshold,
             "results": [
@@ -230,16 +377,32 @@ def create_app(
         "/v1/detect",
         response_model=DetectResponse,
         responses={
+            **unauthorized,
+            400: {"model": ErrorResponse, "description": "the body is not valid multipart/form-data"},
             413: {"model": ErrorResponse, "description": "a file, the request or the number of files over a limit"},
-            422: {"model": ErrorResponse, "description": "a part is not a usable image (each one listed)"},
+            422: {"model": ErrorResponse, "description": "no 'files' part, or a part is not a usable image"},
+            503: {
+                "model": ErrorResponse,
+                "description": "the queue is full, the server is shutting down, or the request was not scored "
+                "within the deadline; nothing was scored",
+                "headers": retry_after,
+            },
         },
+        dependencies=key_doc,
         summary="Probability of fake for one or more images",
     )
     async def detect(
-        files: Annotated[list[UploadFile], File(description="image files (JPEG, PNG, WebP, ...); repeat the part")],
+        request: Request,
+        files: Annotated[
+            list[UploadFile],
+            File(min_length=1, description="image files (JPEG, PNG, WebP, ...); one part per file, repeat the part"),
+        ],
     ) -> Any:
         if len(files) > max_files:
             return JSONResponse({"detail": f"{len(files)} files; the limit is {max_files} per request"}, 413)
+        ticket: Ticket = request.state.causalclip_ticket  # set by Gate
+        if not admission.grow(ticket, len(files)):
+            return _busy(admission, f"the server is busy: {len(files)} images do not fit in the queue; retry later")
         items = []
         for i, f in enumerate(files):
             name = f.filename or f"file{i + 1}"
@@ -255,16 +418,49 @@ def create_app(
                     413,
                 )
             items.append((name, data))
-        status, body = await run_in_threadpool(run, items)
-        return JSONResponse(body, status) if status != 200 else body
+        deadline = time.monotonic() + deadline_s
+        gone = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, gone))
+        try:
+            status, body = await run_in_threadpool(run, items, deadline, gone)
+        except DeadlineExceeded:
+            return _busy(
+                admission, f"not scored within the deadline of {deadline_s:g} s: the server is busy; retry later"
+            )
+        except RequestCancelled:  # the client went away; nobody reads this
+            return JSONResponse({"detail": "the client closed the connection; not scored"}, 499)
+        finally:
+            watcher.cancel()
+        if status != 200:
+            return JSONResponse(body, status)
+        ticket.answered = True
+        return body
 
-    @app.get("/v1/model", summary="The loaded detector: backbone, head, threshold, provenance, limits")
+    @app.get(
+        "/v1/model",
+        summary="The loaded detector: backbone, head, threshold, provenance, limits",
+        responses=unauthorized,
+        dependencies=key_doc,
+    )
     async def model() -> dict[str, Any]:
         return {**engine.describe(), "limits": limits, "causalclip_version": __version__}
 
     @app.get("/healthz", summary="Liveness: the model is loaded and the server answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: whether a new request would be admitted now",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "full or shutting down", "headers": retry_after}},
+    )
+    async def readyz() -> Any:
+        state = "ready" if admission.accepting else "draining" if admission.closed else "full"
+        body = {"status": state, "queued_images": admission.pending, "max_queued_images": admission.capacity}
+        if state == "ready":
+            return body
+        return JSONResponse(body, 503, headers={"Retry-After": str(admission.retry_after())})
 
     page = _page()
 

@@ -1,0 +1,255 @@
+"""Back-pressure: the bound on queued images (503 with Retry-After at once beyond it), the per-request deadline, a
+cancelled or abandoned request leaving the engine's queue unscored, and /healthz answered while the queue is full.
+
+Forward passes are held on an event inside the test, so "full" and "queued" are states the test sets up exactly,
+not races against the machine's speed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+httpx = pytest.importorskip("httpx")
+
+from _detector_factory import make_tiny_detector, write_image  # noqa: E402
+from causalclip.detect.engine import DeadlineExceeded, DetectionEngine, RequestCancelled  # noqa: E402
+from causalclip.serve.admission import Admission  # noqa: E402
+from causalclip.serve.app import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backpressure")
+    det = make_tiny_detector(root)
+    img = write_image(root / "a.png", (64, 48), seed=1)
+    return {"detector": det, "png": img.read_bytes()}
+
+
+@pytest.fixture
+def engine(tiny):
+    return DetectionEngine(tiny["detector"])
+
+
+class HeldPasses:
+    """Wraps the engine's forward pass: each pass records its batch size, then waits until released."""
+
+    def __init__(self, engine, monkeypatch):
+        self.real, self.sizes = engine._forward, []
+        self.entered, self.release = threading.Event(), threading.Event()
+        monkeypatch.setattr(engine, "_forward", self)
+
+    def __call__(self, pixels):
+        self.sizes.append(len(pixels))
+        self.entered.set()
+        assert self.release.wait(20), "the test never released the forward pass"
+        return self.real(pixels)
+
+
+def _files(n, data):
+    return [("files", (f"{i}.png", data, "image/png")) for i in range(n)]
+
+
+def _wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+async def _await_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_admission_counts_images_and_estimates_retry_after():
+    adm = Admission(capacity=5)
+    a = adm.admit(1)
+    assert a is not None and adm.pending == 1
+    assert adm.grow(a, 4) and adm.pending == 4
+    b = adm.admit(1)
+    assert b is not None and adm.pending == 5 and not adm.accepting
+    assert adm.admit(1) is None and not adm.grow(b, 2) and b.images == 1 and adm.refused == 2
+    assert adm.retry_after() == 5  # nothing answered yet: the fallback
+    a.answered = True
+    adm.release(a)
+    assert adm.pending == 1 and a.images == 0 and adm.accepting
+    # 4 images answered within the last second -> ~4 images/s; 1 pending -> 1 s
+    assert adm.retry_after() == 1
+    adm.close()
+    assert adm.admit(1) is None and not adm.accepting
+    with pytest.raises(ValueError, match="capacity must be a positive integer"):
+        Admission(capacity=0)
+
+
+def test_queue_bound_gives_503_with_retry_after_and_health_stays_answered(tiny, engine, monkeypatch):
+    held = HeldPasses(engine, monkeypatch)
+    app = create_app(engine, max_files=2, max_queued_images=3, deadline_s=30)
+    png = tiny["png"]
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as c:
+            first = asyncio.create_task(c.post("/v1/detect", files=_files(2, png)))  # 2 images: in a pass
+            await _await_until(held.entered.is_set)
+            assert app.state.admission.pending == 2
+            # 2 more images do not fit (2 + 2 > 3): refused at once, after the first part of the ticket
+            t0 = time.perf_counter()
+            r = await c.post("/v1/detect", files=_files(2, png))
+            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
+            assert "do not fit" in r.json()["detail"] and time.perf_counter() - t0 < 5
+            second = asyncio.create_task(c.post("/v1/detect", files=_files(1, png)))  # fits: 3 of 3
+            await _await_until(lambda: app.state.admission.pending == 3)
+            # full: a new request is refused before its body is read; liveness and readiness still answer
+            r = await c.post("/v1/detect", files=_files(1, png))
+            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+            assert "busy: 3 images queued" in r.json()["detail"]
+            health = await asyncio.wait_for(c.get("/healthz"), timeout=5)
+            assert health.status_code == 200 and health.json() == {"status": "ok"}
+            ready = await c.get("/readyz")
+            assert ready.status_code == 503 and int(ready.headers["retry-after"]) >= 1
+            assert ready.json() == {"status": "full", "queued_images": 3, "max_queued_images": 3}
+            assert not first.done() and not second.done()
+            held.release.set()
+            results = [await asyncio.wait_for(t, 20) for t in (first, second)]
+            ready_after = await c.get("/readyz")
+            return results, ready_after
+
+    try:
+        (r1, r2), ready = asyncio.run(scenario())
+    finally:
+        held.release.set()
+    assert [r1.status_code, r2.status_code] == [200, 200]
+    assert len(r1.json()["results"]) == 2 and len(r2.json()["results"]) == 1
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert app.state.admission.pending == 0 and app.state.admission.refused == 2
+
+
+def test_deadline_drops_a_queued_request_with_503(tiny, engine, monkeypatch):
+    held = HeldPasses(engine, monkeypatch)
+    app = create_app(engine, max_files=2, max_queued_images=4, deadline_s=0.4)
+    png = tiny["png"]
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as c:
+            first = asyncio.create_task(c.post("/v1/detect", files=_files(1, png)))
+            await _await_until(held.entered.is_set)
+            t0 = time.perf_counter()
+            late = await c.post("/v1/detect", files=_files(1, png))  # queued behind the held pass
+            waited = time.perf_counter() - t0
+            assert not first.done()
+            held.release.set()
+            return await asyncio.wait_for(first, 20), late, waited
+
+    try:
+        first, late, waited = asyncio.run(scenario())
+    finally:
+        held.release.set()
+    assert late.status_code == 503 and int(late.headers["retry-after"]) >= 1
+    assert "deadline of 0.4 s" in late.json()["detail"]
+    assert 0.3 < waited < 5
+    # the first request was in its pass when its deadline passed: it finished; the late one never ran
+    assert first.status_code == 200 and held.sizes == [1] and engine.dropped == 1
+    assert app.state.admission.pending == 0
+
+
+def test_cancelled_request_leaves_the_engine_queue(engine, monkeypatch):
+    held = HeldPasses(engine, monkeypatch)
+    a = np.zeros((2, 3, 224, 224), np.float32)
+    b = np.ones((3, 3, 224, 224), np.float32)
+    out, errors, cancel = {}, {}, threading.Event()
+
+    def call(name, pixels, **kw):
+        try:
+            out[name] = engine.probabilities(pixels, **kw)
+        except Exception as exc:  # noqa: BLE001 -- the test inspects it
+            errors[name] = exc
+
+    ta = threading.Thread(target=call, args=("a", a))
+    ta.start()
+    assert held.entered.wait(10)
+    tb = threading.Thread(target=call, args=("b", b), kwargs={"cancel": cancel})
+    tb.start()
+    _wait_until(lambda: engine.queued_inputs == 3)
+    cancel.set()
+    tb.join(5)
+    assert not tb.is_alive() and isinstance(errors.get("b"), RequestCancelled)
+    assert engine.queued_inputs == 0 and engine.dropped == 1
+    held.release.set()
+    ta.join(20)
+    assert out["a"].shape == (2,) and held.sizes == [2]  # b never cost a pass
+    # a deadline already past: dropped without a pass, whoever notices first
+    with pytest.raises(DeadlineExceeded):
+        engine.probabilities(b, deadline=time.monotonic() - 1)
+    assert held.sizes == [2] and engine.dropped == 2
+    # and the engine still scores afterwards
+    np.testing.assert_allclose(engine.probabilities(a), out["a"])
+
+
+def _raw_request(data: bytes):
+    req = httpx.Request("POST", "http://test/v1/detect", files=_files(1, data))
+    body = req.read()
+    headers = [(k.lower().encode(), v.encode()) for k, v in req.headers.items()]
+    return body, headers
+
+
+def test_request_whose_client_went_away_is_dropped_from_the_queue(tiny, engine, monkeypatch):
+    """An ASGI client that sends its body, then disconnects while its request waits behind a held pass."""
+    held = HeldPasses(engine, monkeypatch)
+    app = create_app(engine, max_files=2, max_queued_images=4)
+    body, headers = _raw_request(tiny["png"])
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/detect", "raw_path": b"/v1/detect", "query_string": b"", "root_path": "", "headers": headers,
+        "client": ("127.0.0.1", 50000), "server": ("test", 80),
+    }  # fmt: skip
+    blocker = threading.Thread(target=engine.probabilities, args=(np.zeros((1, 3, 224, 224), np.float32),))
+    blocker.start()
+    assert held.entered.wait(10)
+    sent: list[dict] = []
+
+    async def scenario():
+        hang_up = asyncio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await hang_up.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        call = asyncio.create_task(app(scope, receive, send))
+        await _await_until(lambda: engine.queued_inputs == 1)
+        assert app.state.admission.pending == 1
+        hang_up.set()
+        await asyncio.wait_for(call, 5)
+
+    try:
+        asyncio.run(scenario())
+        assert engine.queued_inputs == 0 and engine.dropped == 1
+        assert app.state.admission.pending == 0
+        assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    finally:
+        held.release.set()
+        blocker.join(20)
+    assert held.sizes == [1]  # only the blocker's pass ran
+
+
+def test_queue_options_are_checked(engine):
+    with pytest.raises(ValueError, match=r"max_queued_images \(3\) must be at least max_files \(4\)"):
+        create_app(engine, max_files=4, max_queued_images=3)
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="deadline_s must be a positive number"):
+            create_app(engine, deadline_s=bad)
