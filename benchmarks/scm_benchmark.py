@@ -73,6 +73,8 @@ class Job:
     spec: dict[str, Any] | None = None  # SCMSpec fields, for mask recovery (None: do not measure)
     threads: int = 0
     group: str = "main"  # main | oracle | search
+    # select the saved epoch (and stop) on sets["val_heldout"] (train's heldout_sets) instead of sets["val"]
+    select_on_heldout: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -135,6 +137,7 @@ def run_job(job: Job) -> dict[str, Any]:
             run_config=rc,
             progress=False,
             overwrite=True,
+            heldout_sets=[job.sets["val_heldout"]] if job.select_on_heldout else (),
         )
         row.update(best_epoch=res.best_epoch, epochs_run=len(res.history), stop_reason=res.stop_reason)
         best = res.history.iloc[res.best_epoch - 1]
