@@ -75,7 +75,7 @@ def seeds_demo(tiny_demo):
 def test_demo_runs_the_protocol_end_to_end(tiny_demo, capsys):
     out = tiny_demo / "out"
     results = pd.read_csv(out / "results.csv")
-    heads = {"causalclip", "univfd", "vib"}
+    heads = {"causalclip", "univfd", "vib", "npr", "cnnspot", "fredect"}  # heads on features, networks on pixels
     assert set(results["head"]) == heads and set(results["train_family"]) == set(TRAIN_ON)
     assert set(results["test_family"]) == set(FAMILIES)
     assert len(results) == len(TRAIN_ON) * len(heads) * len(FAMILIES)
@@ -89,6 +89,14 @@ def test_demo_runs_the_protocol_end_to_end(tiny_demo, capsys):
             assert row["ap"] == pytest.approx(average_precision_score(p["label"], p["score"]), abs=1e-6)
     md = (out / "results.md").read_text()
     assert "| CausalCLIP |" in md and "| VIB-Net |" in md and "tconv-gan (train)" in md
+    assert "| NPR |" in md and "| CNNSpot (scratch) |" in md and "narrow versions" in md
+    # the networks are tested on the very tiles whose features the heads are tested on
+    for fam in TRAIN_ON:
+        heads_pred = pd.read_csv(out / "eval" / fam / "univfd-seed0" / "predictions.csv")
+        net_pred = pd.read_csv(out / "eval" / fam / "npr-seed0" / "predictions.csv")
+        assert sorted(heads_pred["path"]) == sorted(net_pred["path"])
+        run = json.loads((out / "runs" / fam / "cnnspot-seed0" / "run.json").read_text())
+        assert run["init"]["method"] == "scratch" and run["recipe"]["train_crop"] == TINY.tile
     info = json.loads((out / "demo.json").read_text())
     assert info["backbone"] == "spectrum:size=32+npr:size=32" and info["seconds"]["total"] > 0
     assert info["backbone_record"]["name"] == "concat"
@@ -265,7 +273,7 @@ def test_spread_over_seeds_is_the_std_of_per_seed_means(seeds_demo, tiny_demo):
     results = pd.read_csv(seeds_demo / "results.csv")
     assert sorted(results["seed"].unique()) == list(SEEDS)
     spread = pd.read_csv(seeds_demo / "seeds.csv")
-    heads = ["causalclip", "univfd", "vib"]
+    heads = ["causalclip", "univfd", "vib", "npr", "cnnspot", "fredect"]
     assert len(spread) == len(heads) * 2 * (len(TRAIN_ON) + 1) and (spread["n_seeds"] == len(SEEDS)).all()
     unseen = spread[spread["test"] == "unseen"].set_index(["head", "train_family"])
     expected = _spread_by_hand(results)
@@ -383,7 +391,7 @@ def test_leave_one_out_trains_on_exactly_the_other_families(loo_demo, tiny_demo)
 
 def test_leave_one_out_tests_on_all_and_sees_all_but_the_one_left_out(loo_demo, tiny_demo):
     results = pd.read_csv(loo_demo / "results.csv")
-    heads = {"causalclip", "univfd", "vib"}
+    heads = {"causalclip", "univfd", "vib", "npr", "cnnspot", "fredect"}
     assert set(results["train_family"]) == {f"all-but-{fam}" for fam in LEAVE_OUT}
     assert len(results) == len(LEAVE_OUT) * len(heads) * len(LOO_SEEDS) * len(FAMILIES)
     for (_train, _head, _seed), group in results.groupby(["train_family", "head", "seed"]):
@@ -404,7 +412,8 @@ def test_leave_one_out_summary_is_the_ap_on_the_family_left_out(loo_demo, tiny_d
     unseen = spread[spread["test"] == "unseen"].set_index(["head", "train_family"])
     printed = (tiny_demo / "printed-loo.txt").read_text()
     md = (loo_demo / "results.md").read_text()
-    for head, label in HEAD_LABELS.items():
+    for head in ("causalclip", "univfd", "vib", "npr", "cnnspot", "fredect"):  # the demo's heads and networks
+        label = HEAD_LABELS[head]
         per_fam = []
         for fam in LEAVE_OUT:
             rows = results[

@@ -288,3 +288,46 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(trees, 
     for k in params:  # BatchNorm running statistics are rank 0's chunks under DDP on CPU (no SyncBatchNorm)
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     assert json.loads((two / "run.json").read_text())["world_size"] == 2
+
+
+# ------------------------------------------------------------------------------------------- authors' checkpoints
+
+
+def test_import_checkpoint_writes_a_detector_that_scores_like_the_network(trees, tmp_path, capsys):
+    """An NPR file in the authors' layout (a bare state dict, last layer ``fc1``) -> detector folder -> detect."""
+    from causalclip.detect.engine import load_detector
+    from causalclip.networks.registry import build_network
+    from causalclip.pixel.predict import predict_images
+
+    torch.manual_seed(3)
+    net = build_network("npr").eval()  # the authors' full-size architecture
+    state = {k.replace("fc.", "fc1.", 1) if k.startswith("fc.") else k: v for k, v in net.state_dict().items()}
+    path = tmp_path / "NPR.pth"
+    torch.save(state, path)
+    det = tmp_path / "det"
+    assert main(["import-checkpoint", str(path), "--method", "npr", "--out", str(det)]) == 0
+    assert "imported" in capsys.readouterr().out
+    info = json.loads((det / "detector.json").read_text())
+    assert info["kind"] == "network" and info["network"]["init"] == "checkpoint"
+    assert info["preprocessing"]["size"] == 224 and info["threshold"] == 0.5
+    assert not any(p.suffix == ".pth" for p in det.iterdir())  # safetensors only
+    images = open_image_set(trees["test"])
+    engine = load_detector(det)
+    want = predict_images(net, images, engine.preprocessing).scores  # the authors' network, scored directly
+    got = [d.fake_probability for d in engine.score(list(images.paths))]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_import_checkpoint_refuses_a_pickle_that_would_run_code(tmp_path, capsys):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": Evil()}, path)
+    rc = main(["import-checkpoint", str(path), "--method", "cnnspot", "--out", str(tmp_path / "det")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(path) in err and "refus" in err.lower()
+    assert not marker.exists() and not (tmp_path / "det" / "detector.json").exists()

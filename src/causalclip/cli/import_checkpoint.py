@@ -13,7 +13,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from ..networks.importer import import_network
     from ..networks.registry import network_config_dict
 
-    network, report = import_network(args.method, args.checkpoint)
+    if (args.dct_mean or args.dct_var) and args.method != "fredect":
+        raise ValueError("--dct-mean/--dct-var are the statistics of AIGCDetectBenchmark's FreDect (--method fredect)")
+    stats = {"dct_mean": args.dct_mean, "dct_var": args.dct_var} if args.method == "fredect" else {}
+    network, report = import_network(args.method, args.checkpoint, **stats)
     config = config_from_dict(NETWORKS[args.method].config_cls, network_config_dict(args.method, network))
     out = write_network_detector(
         args.out,
@@ -45,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="FILE", help="the authors' .pth / .pt / .safetensors file")
     p.add_argument("--method", required=True, choices=sorted(NETWORKS), help="which network the file holds")
     p.add_argument("--out", required=True, metavar="DETECTOR", help="detector folder to create")
+    p.add_argument("--dct-mean", metavar="FILE", help="fredect: AIGCDetectBenchmark's weights/auxiliary/dct_mean")
+    p.add_argument("--dct-var", metavar="FILE", help="fredect: AIGCDetectBenchmark's weights/auxiliary/dct_var")
     p.add_argument("--threshold", type=float, help="decision threshold (default 0.5: the authors' logit > 0)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=_cmd_import)

@@ -97,6 +97,9 @@ def _train_network(args: argparse.Namespace) -> int:
     )
     if len(result.errors):
         print(f"  {len(result.errors)} image(s) could not be used: {result.run_dir}/errors.csv")
+    init = json.loads((result.run_dir / "run.json").read_text(encoding="utf-8")).get("init", {})
+    if init.get("note"):
+        print(f"  initialised {init['note']}")
     return 0
 
 

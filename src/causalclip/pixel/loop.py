@@ -186,7 +186,7 @@ def _init_weights(rc: PixelRunConfig, network: nn.Module, d: _Dist) -> dict[str,
     if spec.init == "imagenet":
         note = "from scratch: the authors start from ImageNet weights; none were given (train.imagenet_weights)"
         if d.main:
-            log.warning("%s: %s", rc.method, note)
+            log.info("%s: %s", rc.method, note)
         return {"method": "scratch", "authors": "imagenet", "note": note}
     return {"method": "scratch", "authors": spec.init}
 
