@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tokenize
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,7 @@ def _read_meta(root: Path) -> dict[str, Any]:
             raise FeatureSetError(f"{path}: missing required key {key!r}")
     if not isinstance(meta["dim"], int) or isinstance(meta["dim"], bool) or meta["dim"] <= 0:
         raise FeatureSetError(f"{path}: 'dim' must be a positive integer, got {meta['dim']!r}")
-    if meta["dtype"] not in _FLOAT_DTYPES:
+    if not isinstance(meta["dtype"], str) or meta["dtype"] not in _FLOAT_DTYPES:
         raise FeatureSetError(f"{path}: 'dtype' must be one of {sorted(_FLOAT_DTYPES)}, got {meta['dtype']!r}")
     return meta
 
@@ -139,7 +140,8 @@ def _open_shard(path: Path, dim: int, dtype: str) -> np.ndarray:
         raise FeatureSetError(f"{path}: shard listed but missing")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    # a damaged header reaches numpy's literal parser: SyntaxError or tokenize.TokenError (fuzzing found both)
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
         raise FeatureSetError(f"{path}: not a readable .npy array: {exc}") from exc
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise FeatureSetError(f"{path}: expected shape (N, {dim}) from meta.json, got {arr.shape}")

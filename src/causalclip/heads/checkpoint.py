@@ -85,14 +85,28 @@ def load_head(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedH
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing")
     info = read_json(cfg_path, CheckpointError)
+    if not isinstance(info, dict):  # fuzzing found null, lists and numbers here
+        raise CheckpointError(f"{cfg_path}: the top level must be an object, got {type(info).__name__}")
     for key in ("head", "head_config", "dim"):
         if key not in info:
             raise CheckpointError(f"{cfg_path}: missing key {key!r}")
-    if info.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path}: format_version {info['format_version']} is newer than this causalclip")
+    version = info.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{cfg_path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_path}: format_version {version} is newer than this causalclip")
+    dim = info["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise CheckpointError(f"{cfg_path}: 'dim' must be a positive integer, got {dim!r}")
+    # Every head has at least one weight per input feature, so the weights file holds at least 2 * dim bytes
+    # (fp16): a larger dim is a damaged config, refused before it allocates a head of that size.
+    if w_path.stat().st_size < 2 * dim:
+        raise CheckpointError(
+            f"{cfg_path}: 'dim' {dim} cannot match {w_path.name} ({w_path.stat().st_size} bytes is too small)"
+        )
     try:
-        head = build_head(info["head"], dim=int(info["dim"]), config=info["head_config"])
-    except (KeyError, ValueError, TypeError) as exc:
+        head = build_head(info["head"], dim=dim, config=info["head_config"])
+    except (KeyError, ValueError, TypeError, OverflowError) as exc:
         raise CheckpointError(f"{cfg_path}: {exc}") from exc
     try:
         state = load_file(str(w_path), device=device)
