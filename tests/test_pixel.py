@@ -217,6 +217,21 @@ def test_evaluate_detect_and_serve_agree(trained, trees, tmp_path, capsys):
     assert abs(result["fake_probability"] - pred["score"].iloc[0]) < 1e-5
 
 
+def test_calibrate_a_network_run_at_a_target_fpr(trained, trees, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["calibrate", str(run), "--val", str(trees["val"]), "--target-fpr", "0.1"]) == 0
+    rec = json.loads((run / "threshold.json").read_text())
+    ev = tmp_path / "ev"
+    assert main(["evaluate", str(run), "--test", str(trees["val"]), "--out", str(ev), "--no-balance"]) == 0
+    pred = pd.read_csv(ev / "predictions.csv")
+    reals = pred[pred["label"] == 0]["score"]
+    assert (reals > rec["threshold"]).mean() <= 0.1  # at most 10% of the real images above it
+    assert rec["method"] == "val_target_fpr" and rec["source"] == str(trees["val"])
+
+
 def test_unusable_images_are_reported_and_the_run_completes(trees, tmp_path):
     bad_train = tmp_path / "train"
     _write_tree(bad_train, 12, 0)

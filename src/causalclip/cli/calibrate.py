@@ -8,8 +8,18 @@ import argparse
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from ..evaluation.calibrate import calibrate_run
     from ..metrics.thresholds import THRESHOLD_NAME
+    from ..pixel.folder import is_network_folder
 
-    rec = calibrate_run(args.run, args.val, target_fpr=args.target_fpr, device=args.device)
+    if is_network_folder(args.run):  # a network trained on images: --val is an image folder
+        from ..pixel.data import open_image_set
+        from ..pixel.evaluate import calibrate_network_run
+
+        images = open_image_set(args.val, layout=args.layout or "folders", split=args.split)
+        rec = calibrate_network_run(args.run, images, target_fpr=args.target_fpr, device=args.device)
+    else:
+        if args.layout or args.split:
+            raise ValueError(f"{args.run}: --layout/--split apply to networks trained on images; this is a head")
+        rec = calibrate_run(args.run, args.val, target_fpr=args.target_fpr, device=args.device)
     print(f"wrote {args.run}/{THRESHOLD_NAME}: threshold {rec['threshold']:.6g} ({rec['method']}, {rec['source']})")
     parts = [f"{rec['n_real']} real", f"{rec['n_fake']} fake"]
     for key, label in (("val_fpr", "FPR"), ("val_fake_acc", "fake acc"), ("val_balanced_acc", "balanced acc")):
@@ -29,7 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "most that fraction of the real images score above it (a real-only set works).",
     )
     p.add_argument("run", metavar="RUN", help="run folder (config.json + model.safetensors)")
-    p.add_argument("--val", required=True, metavar="DIR", help="validation feature set, made like the training set")
+    p.add_argument(
+        "--val",
+        required=True,
+        metavar="DIR",
+        help="validation feature set, made like the training set (networks: images)",
+    )
+    p.add_argument("--layout", help="networks: how the --val image folder is organised (default folders)")
+    p.add_argument("--split", help="networks: the split of --val to read, where the layout has splits")
     p.add_argument("--target-fpr", type=float, metavar="F", help="target false-positive rate on reals, e.g. 0.05")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_calibrate)

@@ -15,12 +15,12 @@ from ..core.io import atomic_write
 from ..evaluation.evaluate import EvalResult
 from ..metrics.binary import balanced_indices, per_generator_metrics
 from ..metrics.errors import MetricsError
-from ..metrics.thresholds import stored_threshold
+from ..metrics.thresholds import calibration_record, stored_threshold, write_threshold
 from .data import ImageSet
 from .folder import load_network
 from .predict import predict_images
 
-__all__ = ["evaluate_images"]
+__all__ = ["calibrate_network_run", "evaluate_images"]
 
 
 def evaluate_images(
@@ -86,3 +86,30 @@ def evaluate_images(
         for name, df in frames:
             atomic_write(out / name, lambda p, df=df: df.to_csv(p, index=False))
     return EvalResult(metrics=metrics, predictions=predictions, notes=notes, calibration=calibration)
+
+
+def calibrate_network_run(
+    run: str | os.PathLike[str],
+    val: ImageSet,
+    *,
+    target_fpr: float | None = None,
+    device: str = "cpu",
+    workers: int = 0,
+    write: bool = True,
+) -> dict:
+    """Score the images ``val`` with the network in ``run``, choose a threshold (balanced accuracy, or the target
+    false-positive rate on the reals) and with ``write`` rewrite RUN/threshold.json, as ``causalclip calibrate``."""
+    loaded = load_network(run, device=device)
+    res = predict_images(loaded.network, val, loaded.preprocessing, workers=workers, device=device)
+    if len(res.positions) == 0:
+        raise MetricsError(f"{val.root}: none of the {len(val)} calibration images could be used")
+    rec = calibration_record(
+        val.labels[res.positions],
+        res.scores,
+        target_fpr=target_fpr,
+        source=str(val.root),
+        name=f"calibration set {val.root}",
+    )
+    if write:
+        write_threshold(run, rec)
+    return rec
