@@ -519,6 +519,7 @@ def _run_networks(
 ) -> list[RunOutcome]:
     """Train each network x seed on the preset's training images (reused when its run.json matches), select on the
     validation images, evaluate on every test set: the same listings (and so images) as the heads' features."""
+    from ..networks.registry import NETWORKS
     from ..pixel.config import resolve_pixel_config
     from ..pixel.data import image_set_from_listing
     from ..pixel.evaluate import evaluate_images
@@ -532,12 +533,15 @@ def _run_networks(
     outcomes = []
     for net in networks:
         for seed in seeds:
-            spec = RunSpec(f"{net}-seed{seed}", net, int(seed), HEAD_METHODS.get(net, net))
-            run_dir = out / "runs" / spec.name
+            run_dir = out / "runs" / f"{net}-seed{seed}"
             extra = [f"train.seed={seed}"] + (
                 [f"train.device={json.dumps(cache.options.device)}"] if cache.options.device else []
             )
             rc = resolve_pixel_config(net, overrides=[*overrides, *extra])
+            label = HEAD_METHODS.get(net, net)
+            if NETWORKS[net].init == "imagenet" and not rc.train.imagenet_weights:
+                label += " (scratch)"  # the authors start from ImageNet weights; this row does not
+            spec = RunSpec(run_dir.name, net, int(seed), label)
             wanted = _network_identity(
                 {**rc.to_dict(), "data": {"train": train_set.description, "val": val_set.description}}
             )
