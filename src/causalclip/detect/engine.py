@@ -271,13 +271,20 @@ class DetectionEngine:
                 f"this detector resizes images (mode {self.preprocessing.mode!r}), so a single crop sees the whole "
                 "image already"
             )
-        spec, options = backbone_spec(
-            det.backbone, det.preprocessing, model=backbone_model, where=str(det.folder / "detector.json")
-        )
-        self.precision = precision or _default_precision(det, self.device)
-        self.backbone = load_backbone(spec, device=self.device, precision=self.precision, **options)
-        self.backbone.eval()
-        check_backbone(det, self.backbone, model_overridden=backbone_model is not None)
+        if det.kind == "network":  # a network trained on images: pixels in, logits out, no backbone
+            if backbone_model is not None:
+                raise DetectorError(f"{det.folder}: a network detector has no backbone to replace (backbone_model)")
+            if precision not in (None, "fp32"):
+                raise DetectorError(f"{det.folder}: a network detector runs in fp32, not {precision!r}")
+            self.precision, self.backbone = "fp32", None
+        else:
+            spec, options = backbone_spec(
+                det.backbone, det.preprocessing, model=backbone_model, where=str(det.folder / "detector.json")
+            )
+            self.precision = precision or _default_precision(det, self.device)
+            self.backbone = load_backbone(spec, device=self.device, precision=self.precision, **options)
+            self.backbone.eval()
+            check_backbone(det, self.backbone, model_overridden=backbone_model is not None)
         self.threshold = det.threshold if threshold is None else float(threshold)
         if not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number, got {threshold!r}")
@@ -297,8 +304,9 @@ class DetectionEngine:
         det = self.detector
         return {
             "detector": str(det.folder),
-            "head": det.info.get("head", {}).get("name"),
-            "backbone": backbone_name(det.backbone),
+            "kind": det.kind,
+            "head": det.name,
+            "backbone": backbone_name(det.backbone) if det.kind == "features" else None,
             "backbone_record": det.backbone,
             "feature_dim": det.feature_dim,
             "preprocessing": det.preprocessing,
@@ -309,14 +317,16 @@ class DetectionEngine:
             "crops": self.crops,
             "max_crops": self.max_crops if self.crops == "grid" else 1,
             "device": str(self.device),
-            "precision": getattr(self.backbone, "precision", self.precision),
+            "precision": getattr(self.backbone, "precision", self.precision) if self.backbone else self.precision,
         }
 
     # ---- pixels
 
     def __repr__(self) -> str:
+        model = self.backbone.describe().get("name") if self.backbone is not None else None
+        what = f"backbone {model!r}" if self.backbone is not None else f"network {self.detector.name!r}"
         return (
-            f"DetectionEngine({str(self.detector.folder)!r}, backbone {self.backbone.describe().get('name')!r}, "
+            f"DetectionEngine({str(self.detector.folder)!r}, {what}, "
             f"device {str(self.device)!r}, precision {self.precision!r}, threshold {self.threshold:.4g}, "
             f"crops {self.crops!r})"
         )
@@ -342,7 +352,10 @@ class DetectionEngine:
         out = np.empty(len(pixels), dtype=np.float64)
         for i in range(0, len(pixels), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(pixels[i : i + self.batch_size])).to(self.device)
-            out[i : i + len(x)] = self.detector.score(self.backbone(x).float())
+            if self.backbone is None:
+                out[i : i + len(x)] = self.detector.score_pixels(x)
+            else:
+                out[i : i + len(x)] = self.detector.score(self.backbone(x).float())
         return out
 
     def probabilities(
