@@ -94,11 +94,15 @@ HEAD_METHODS: dict[str, str] = {
     "causalclip": "CausalCLIP",
     "univfd": "UnivFD",
     "vib": "VIB-Net",
+    "clipping": "CLIPping",
+    "clipping-lp": "CLIPping (linear probe)",
     # networks trained on images (causalclip.pixel): their rows in the paper's tables
     "npr": "NPR",
     "cnnspot": "CNNSpot",
     "fredect": "FreDect",
     "fredect-simple": "FreDect (simple)",
+    "lgrad": "LGrad",
+    "fusing": "Fusing",
 }
 EXPERIMENT_FILE = "experiment.json"
 CACHE_FILE = "cache.json"
