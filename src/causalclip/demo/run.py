@@ -14,8 +14,9 @@ The output folder::
 
     OUT/
       demo.json                 parameters, benchmark location, timings, versions
-      results.md, results.csv   the tables; one row per (train family, head, seed, test family); train family is
-                                the family (protocol "one-family") or "all-but-<family>" ("leave-one-out")
+      results.md, results.csv   the tables; one row per (train family, method, seed, test family); train family is
+                                the family (protocol "one-family") or "all-but-<family>" ("leave-one-out");
+                                train_seconds: the wall time of that training run
       seeds.csv                 with two or more --seeds: mean and std over seeds per head (seed_spread_frame)
       manifests/<split>.csv     the tiles each extraction read (absolute paths into the cache)
       features/all/<split>/     extracted features of every tile of the split
@@ -613,10 +614,12 @@ def _train_networks(cfg: DemoConfig, out: Path, runs: dict) -> list[dict[str, An
                     **{f"{net}.{k}": v for k, v in network_architecture(net, tile).items()},
                 }
                 rc = resolve_pixel_config(net, overrides=overrides)
+                t_run = time.perf_counter()
                 with _quiet_training():
                     res = train_network(
                         train_set=train_set, val_set=val_set, out=run_dir, run_config=rc, progress=False, overwrite=True
                     )
+                    train_s = time.perf_counter() - t_run
                     ev = evaluate_images(run_dir, tests, out=out / "eval" / name / f"{net}-seed{seed}")
                 runs[(name, net, seed)] = run_dir
                 metrics = ev.metrics[ev.metrics["generator"] != "mean"]
@@ -630,6 +633,7 @@ def _train_networks(cfg: DemoConfig, out: Path, runs: dict) -> list[dict[str, An
                             "seen": m["generator"] in seen,
                             **{k: m[k] for k in ("n_real", "n_fake", "ap", "acc", "real_acc", "fake_acc")},
                             "best_epoch": res.best_epoch,
+                            "train_seconds": train_s,
                         }
                     )
                 unseen = metrics[~metrics["generator"].isin(seen)]["ap"].mean()
@@ -692,6 +696,7 @@ def run_demo(
                 for seed in cfg.seeds:
                     run_dir = out / "runs" / name / f"{head}-seed{seed}"
                     rc = resolve_run_config(head, overrides=_overrides(cfg, seed))
+                    t_run = time.perf_counter()
                     with _quiet_training():
                         res = train(
                             train_set=sets[(name, "train")],
@@ -701,6 +706,7 @@ def run_demo(
                             progress=False,
                             overwrite=True,
                         )
+                        train_s = time.perf_counter() - t_run
                         ev = evaluate(
                             run_dir,
                             [sets[(g, "test")] for g in cfg.build.families],
@@ -718,6 +724,7 @@ def run_demo(
                                 "seen": m["generator"] in seen,
                                 **{k: m[k] for k in ("n_real", "n_fake", "ap", "acc", "real_acc", "fake_acc")},
                                 "best_epoch": res.best_epoch,
+                                "train_seconds": train_s,
                             }
                         )
                     unseen = metrics[~metrics["generator"].isin(seen)]["ap"].mean()
@@ -845,5 +852,17 @@ def summary_text(result: DemoResult) -> str:
             trained = f"all families but {name.removeprefix('all-but-')}" if loo else name
             parts.append(table.to_markdown(caption=f"Trained on {trained}: AP (%)"))
     total = result.seconds.get("total", math.nan)
-    parts.append(f"done in {total:.0f} s; tables in {result.out / 'results.md'}, detector in {result.detector}")
+    stages = ", ".join(
+        f"{label} {result.seconds[key]:.0f} s"
+        for key, label in (
+            ("benchmark", "benchmark"),
+            ("extract", "features"),
+            ("train_and_evaluate", "heads"),
+            ("networks", "networks"),
+        )  # fmt: skip
+        if key in result.seconds
+    )
+    parts.append(
+        f"done in {total:.0f} s ({stages}); tables in {result.out / 'results.md'}, detector in {result.detector}"
+    )
     return "\n".join(parts)
