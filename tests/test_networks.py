@@ -499,6 +499,27 @@ TINY = {
     "cnnspot": {"layers": [1, 1, 2, 1], "widths": [4, 4, 8, 8], "stem_width": 8},
     "fredect": {"layers": [1, 1, 1, 1], "widths": [4, 4, 4, 8], "stem_width": 8},
     "fredect-simple": {"channels": [2, 3, 4, 4]},
+    "fusing": {
+        "layers": [1, 1, 1, 1],
+        "widths": [4, 4, 4, 8],
+        "stem_width": 8,
+        "global_size": 128,
+        "patch_sizes": [48, 24],
+        "embed_dim": 8,
+        "heads": 2,
+        "depth": 1,
+    },  # fmt: skip
+    # On cached gradient maps (the classifier alone); the raw-image path needs a transformation model's file and
+    # runs the same contract in tests/test_lgrad.py.
+    "lgrad": {
+        "input": "gradient",
+        "resolution": 16,
+        "fmaps_base": 64,
+        "fmaps_max": 8,
+        "layers": [1, 1, 1, 1],
+        "widths": [4, 4, 4, 8],
+        "stem_width": 8,
+    },  # fmt: skip
 }
 FIXED_SIZE = {"fredect", "fredect-simple"}  # per-frequency statistics: the size is part of the config
 

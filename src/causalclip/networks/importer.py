@@ -23,15 +23,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from .lgrad import discriminator_state
 from .registry import build_network, get_network_method, network_config_dict
 from .resnet import ResNetTrunk
 
 __all__ = [
     "CONTAINER_KEYS",
+    "DROPPED_KEYS",
     "KEY_MAPS",
     "CheckpointImportError",
     "import_network",
     "load_imagenet_weights",
+    "read_lgrad_transform",
     "read_state_dict",
     "read_tensor",
 ]
@@ -44,6 +47,13 @@ KEY_MAPS: dict[str, tuple[tuple[str, str], ...]] = {
     "cnnspot": (),
     "fredect": (),
     "fredect-simple": (),  # the authors publish TensorFlow SavedModels only; this reads our own exports
+    "fusing": (),  # the authors' Patch5Model names (resnet., mha_list., fc1., fc.) are ours
+    "lgrad": (),  # the classifier is CNNDetection's resnet50 (CNNSpot's layout); the transform comes separately
+}
+
+# Keys of the authors' files that their own forward never uses, dropped (and counted in the report), per method.
+DROPPED_KEYS: dict[str, tuple[str, ...]] = {
+    "fusing": ("resnet.fc.",),  # Patch5Model keeps torchvision's 1000-way ImageNet fc inside its trunk, unused
 }
 
 # Where authors put the state dict inside a saved dict, tried in this order.
@@ -214,23 +224,43 @@ def import_network(
     config: Any = None,
     dct_mean: PathLike | None = None,
     dct_var: PathLike | None = None,
+    transform: PathLike | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build ``method``'s network (``config``: None, dict or config instance) and load the authors' checkpoint.
 
     Every key is mapped (:data:`KEY_MAPS`) and checked with its shape; any mismatch raises CheckpointImportError
     listing them all. ``dct_mean``/``dct_var`` (FreDect only): AIGCDetectBenchmark's ``weights/auxiliary`` files,
-    needed when the checkpoint does not carry the spectrum statistics (theirs does not; ours does). Returns the
-    network in eval mode and a JSON-able report of what was read.
+    needed when the checkpoint does not carry the spectrum statistics (theirs does not; ours does). ``transform``
+    (LGrad only): the transformation model (:func:`read_lgrad_transform`), needed when the checkpoint is the
+    authors' classifier alone. Returns the network in eval mode and a JSON-able report of what was read.
     """
     spec = get_network_method(method)
     path = Path(path)
     net = build_network(method, config)
     if (dct_mean is not None or dct_var is not None) and not hasattr(net, "spectrum"):
         raise CheckpointImportError(f"{path}: dct_mean/dct_var apply to FreDect's networks only, not {method!r}")
+    if transform is not None and not hasattr(net, "discriminator"):
+        raise CheckpointImportError(f"{path}: transform applies to LGrad only, not {method!r}")
     raw, found = _read(path)
     mapping = KEY_MAPS.get(method, ())
     state = _rename(path, raw, mapping)
+    dropped = sorted(k for k in state if k.startswith(DROPPED_KEYS.get(method, ())) and k not in net.state_dict())
+    for key in dropped:
+        del state[key]
     aux: dict[str, Any] = {}
+    if hasattr(net, "discriminator"):
+        has = any(k.startswith("discriminator.") for k in state)
+        if has and transform is not None:
+            raise CheckpointImportError(f"{path}: carries the transformation model already; do not pass transform")
+        if not has:
+            if transform is None:
+                raise CheckpointImportError(
+                    f"{path}: holds no transformation model (discriminator.*); pass transform= (for the authors' "
+                    "LGrad: karras2019stylegan-bedrooms-256x256_discriminator.pth)"
+                )
+            disc = read_lgrad_transform(transform, net.config.discriminator())
+            state.update({f"discriminator.{k}": v for k, v in disc.items()})
+            aux["transform"] = {"source": str(transform), "sha256": sha256_file(transform), "n_tensors": len(disc)}
     if hasattr(net, "spectrum"):
         has = [k in state for k in _SPECTRUM_KEYS]
         if any(has) and (dct_mean is not None or dct_var is not None):
@@ -248,7 +278,7 @@ def import_network(
     counters = _check(path, expected, state, f"{method} ({spec.title}) {network_config_dict(method, net)}")
     for key in counters:
         state[key] = torch.zeros((), dtype=torch.long)
-    if aux:
+    if "spectrum.var" in aux:
         var = state["spectrum.var"]
         if not (torch.isfinite(var).all() and (var > 0).all() and torch.isfinite(state["spectrum.mean"]).all()):
             raise CheckpointImportError(f"{dct_mean}, {dct_var}: the DCT means must be finite, the variances > 0")
@@ -263,7 +293,8 @@ def import_network(
         "container": found["container"],
         "stripped_prefix": found["stripped_prefix"],
         "mapping": [list(pair) for pair in mapping],
-        "renamed": sum(1 for k in raw if k not in state),
+        "renamed": sum(1 for k in raw if k not in state and k not in dropped),
+        "dropped": dropped,
         "filled_num_batches_tracked": len(counters),
         "dtypes": sorted({str(v.dtype).removeprefix("torch.") for v in raw.values()}),
         "config": network_config_dict(method, net),
@@ -274,16 +305,27 @@ def import_network(
 
 def load_imagenet_weights(module: nn.Module, path: PathLike) -> dict[str, Any]:
     """Load a torchvision ResNet-50 ImageNet file (``resnet50-*.pth``) into the trunk of ``module`` (CNNSpot,
-    FreDect): every key except ``fc`` must be present with its shape; the file's 1000-class fc is ignored and the
-    module's fc (and FreDect's spectrum statistics) are kept. Returns a JSON-able report."""
+    FreDect, LGrad's classifier, Fusing's shared trunk): every key except ``fc`` must be present with its shape; the
+    file's 1000-class fc is ignored and the module's fc (and FreDect's spectrum statistics, LGrad's transformation
+    model: ``module.imagenet_exclude``) are kept. A module whose trunk is a submodule says where with
+    ``imagenet_prefix`` (Fusing: ``"resnet."``). Returns a JSON-able report."""
     path = Path(path)
-    if not isinstance(module, ResNetTrunk):
+    prefix = getattr(module, "imagenet_prefix", "")
+    trunk = module.get_submodule(prefix.rstrip(".")) if prefix else module
+    if not isinstance(trunk, ResNetTrunk):
         raise CheckpointImportError(f"{path}: ImageNet weights load into a ResNet trunk, not a {type(module).__name__}")
+    exclude = tuple(getattr(module, "imagenet_exclude", ()))
+    own = module.state_dict()
+    is_trunk = [
+        k
+        for k in own
+        if k.startswith(prefix) and not k[len(prefix) :].startswith(("fc.", "spectrum.")) and not k.startswith(exclude)
+    ]
+    keep = [k for k in own if k not in set(is_trunk)]
+    expected = {k: own[k] for k in is_trunk}
     raw, found = _read(path)
-    keep = [k for k in module.state_dict() if k.startswith(("fc.", "spectrum."))]
-    expected = {k: v for k, v in module.state_dict().items() if k not in keep}
     ignored = [k for k in raw if k.startswith("fc.")]
-    state = {k: v for k, v in raw.items() if k not in ignored}
+    state = {prefix + k: v for k, v in raw.items() if k not in ignored}
     counters = _check(path, expected, state, f"the trunk of {type(module).__name__} (torchvision ResNet-50 layout)")
     for key in counters:
         state[key] = torch.zeros((), dtype=torch.long)
@@ -302,3 +344,17 @@ def load_imagenet_weights(module: nn.Module, path: PathLike) -> dict[str, Any]:
         "kept_from_module": keep,
         "filled_num_batches_tracked": len(counters),
     }
+
+
+def read_lgrad_transform(path: PathLike, config: Any) -> dict[str, torch.Tensor]:
+    """The state dict of LGrad's transformation model (:class:`~causalclip.networks.lgrad.StyleGANDiscriminator`
+    built from ``config``) read from ``path``: the authors' genforce file
+    (``karras2019stylegan-bedrooms-256x256_discriminator.pth``, a bare state dict, read with ``weights_only``), our
+    safetensors of the discriminator, or any file whose ``discriminator.*`` keys hold one (an LGrad run's
+    model.safetensors); checked key by key (:func:`~causalclip.networks.lgrad.discriminator_state`)."""
+    path = Path(path)
+    state, _ = _read(path)
+    try:
+        return discriminator_state(state, config, where=str(path))
+    except ValueError as exc:
+        raise CheckpointImportError(str(exc)) from exc

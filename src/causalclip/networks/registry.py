@@ -16,6 +16,8 @@ from torch import nn
 from ..core.config import ConfigError, config_from_dict, config_to_dict
 from .cnnspot import CNNSpotConfig, CNNSpotNet
 from .fredect import IMAGENET_MEAN, IMAGENET_STD, FreDectConfig, FreDectNet, FreDectSimpleConfig, FreDectSimpleNet
+from .fusing import FusingConfig, FusingNet
+from .lgrad import LGradConfig, LGradNet, for_raw_images
 from .npr import NPRConfig, NPRNet
 
 __all__ = [
@@ -96,12 +98,18 @@ class NetworkMethod:
     recipe: Recipe
     init: Literal["scratch", "imagenet"]  # the authors' initialisation
     checkpoints: tuple[str, ...]  # where the official checkpoints are published, and what the importer reads
+    # The architecture config a detector built from a run must use, when it differs from the run's (LGrad trained
+    # on cached gradient maps scores raw images); None = the run's config as it is.
+    detector_config: Callable[[Any], Any] | None = None
 
 
 _NPR = "https://github.com/chuangchuangtan/NPR-DeepfakeDetection/blob/73cde1ced21291bfb504a2add2b53fbe99c4f433"
 _CNNDET = "https://github.com/PeterWang512/CNNDetection/blob/ea0b5622365e3a9cd31d1b54b6b5971131a839ab"
 _AIGC = "https://github.com/Ekko-zn/AIGCDetectBenchmark/blob/5cd41a614b6c848c53ae75f561b2e1a5287cccf0"
 _FRANK = "https://github.com/RUB-SysSec/GANDCTAnalysis/blob/988c4c3dc46ada117f2bb49a03ebf57c292dc505"
+_FUSING = "https://github.com/littlejuyan/FusingGlobalandLocal/blob/0cb3d2645bf7a5464c61f824e060e421c9615d65"
+_LGRAD = "https://github.com/chuangchuangtan/LGrad/blob/7cb5973821f9ab56b0dbc3aca50b88c835ebc993"
+_AIGC_DATA = "https://pan.baidu.com/s/1dZz7suD-X5h54wCC9SyGBA?pwd=l30u, or modelscope aemilia/AIGCDetectionBenchmark"
 
 NETWORKS: dict[str, NetworkMethod] = {
     "npr": NetworkMethod(
@@ -213,6 +221,79 @@ NETWORKS: dict[str, NetworkMethod] = {
             "https://drive.google.com/open?id=1QjQnqMQnQOoIPwgzdJVJGwYzdReKqc0N: TensorFlow SavedModels, "
             "not readable by the importer (no weights_only path exists for them)",
         ),
+    ),
+    "fusing": NetworkMethod(
+        name="fusing",
+        title="Fusing (Ju et al., ICIP 2022)",
+        config_cls=FusingConfig,
+        build=FusingNet,
+        recipe=Recipe(
+            batch_size=128,
+            lr=5e-5,
+            optimizer="adam",
+            epochs=10000,
+            # EarlyStopping(patience=10) on validation accuracy, then lr / 2 and go on (ours: lr / 10, stop at min_lr).
+            plateau_patience=10,
+            min_lr=1e-6,
+            # The whole image goes in (no resize, no crop: CNNDetection's 256 x 256 ProGAN images); flips; the
+            # train.sh augmentation: blur sigma ~ U[0, 3] and JPEG quality in [30, 100], each with p 0.1.
+            train_resize=None,
+            train_crop=256,
+            train_crop_mode="center",
+            flip=True,
+            blur_prob=0.1,
+            blur_sigma=(0.0, 3.0),
+            jpeg_prob=0.1,
+            jpeg_quality=(30, 100),
+            test_crop=256,
+            source=f"{_FUSING}/train.sh {_FUSING}/train.py {_FUSING}/networks/trainer.py "
+            f"{_FUSING}/data/dataset_train.py {_FUSING}/options/train_options.py {_FUSING}/options/base_options.py",
+        ),
+        init="imagenet",
+        checkpoints=(
+            f"{_FUSING}/README.md publishes no checkpoint; its trainer saves {{'model': Patch5Model state dict, "
+            "'optimizer', 'total_steps'}, keys 'module.'-prefixed when trained on several GPUs (train.sh uses 4)",
+            f"AIGCDetectBenchmark's Fusing.pth ({_AIGC_DATA}): {{'model': Patch5Model state dict}}; the unused "
+            "resnet.fc (1000-way) is dropped",
+        ),
+    ),
+    "lgrad": NetworkMethod(
+        name="lgrad",
+        title="LGrad (Tan et al., CVPR 2023)",
+        config_cls=LGradConfig,
+        build=LGradNet,
+        recipe=Recipe(
+            batch_size=16,
+            lr=5e-4,
+            optimizer="adam",
+            epochs=100,
+            lr_step_every=10,  # --delr_freq 10: lr *= 0.8 (trainer.adjust_learning_rate)
+            lr_step_gamma=0.8,
+            min_lr=1e-6,
+            # On the 256 x 256 gradient PNGs: Resize((256, 256)), RandomCrop(224), flip; no blur/JPEG (the
+            # data_augment call is commented out in their datasets.py).
+            train_resize=256,
+            train_resize_mode="square",
+            train_crop=224,
+            flip=True,
+            test_crop=256,  # the gradient map is 256 x 256; they test without resize or crop
+            source=f"{_LGRAD}/train-detector.sh {_LGRAD}/CNNDetection/train.py "
+            f"{_LGRAD}/CNNDetection/networks/trainer.py {_LGRAD}/CNNDetection/data/datasets.py "
+            f"{_LGRAD}/CNNDetection/options/base_options.py {_LGRAD}/CNNDetection/options/train_options.py "
+            f"{_LGRAD}/CNNDetection/eval_test8gan.py {_LGRAD}/img2gad_pytorch/gen_imggrad.py",
+        ),
+        init="imagenet",
+        checkpoints=(
+            "https://drive.google.com/drive/folders/17-MAyCpMqyn4b_DFP2LekrmIgRovwoix: the classifiers "
+            f"({_LGRAD}/README.md), CNNDetection's {{'model': resnet50 state dict with fc 2048 -> 1, ...}}; imported "
+            "with transform= the discriminator below",
+            "https://lid-1302259812.cos.ap-nanjing.myqcloud.com/tmp/karras2019stylegan-bedrooms-256x256_discriminator"
+            f".pth: the transformation model ({_LGRAD}/img2gad_pytorch/README.md), genforce's StyleGAN "
+            "discriminator state dict (lod, input0-6, layer0-14, blur kernels)",
+            f"AIGCDetectBenchmark's LGrad.pth and weights/karras2019stylegan-bedrooms-256x256_discriminator.pth "
+            f"({_AIGC_DATA}): the same two layouts",
+        ),
+        detector_config=for_raw_images,
     ),
 }
 

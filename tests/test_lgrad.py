@@ -1,0 +1,358 @@
+"""LGrad (causalclip.networks.lgrad, causalclip gradient-maps): the input gradient against central finite
+differences, the discriminator's state dict against the authors' genforce key list (written out below), the
+authors' 8-bit normalisation recomputed in NumPy, cached PNGs against the maps computed inside the network, the
+resumable cache command, and the import of the authors' two files (classifier + transformation model)."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from causalclip.cli.gradient_maps import write_gradient_maps
+from causalclip.cli.main import main
+from causalclip.networks import build_network, get_network_method, network_config_dict
+from causalclip.networks.importer import CheckpointImportError, import_network, read_lgrad_transform
+from causalclip.networks.lgrad import (
+    LGradConfig,
+    StyleGANDiscriminator,
+    StyleGANDiscriminatorConfig,
+    for_raw_images,
+    gradient_map,
+    input_gradient,
+)
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+TINY_D = {"resolution": 16, "fmaps_base": 64, "fmaps_max": 8}
+TINY_NET = {**TINY_D, "layers": [1, 1, 1, 1], "widths": [4, 4, 4, 8], "stem_width": 8}
+
+# genforce StyleGANDiscriminator(resolution=256, label_size=0) as the authors load it (state dict of
+# karras2019stylegan-bedrooms-256x256_discriminator.pth): "name shape". nf(res) = min(16384 // res, 512).
+AUTHORS_D256 = """
+lod -
+input0.weight 64,3,1,1
+input0.bias 64
+layer0.weight 64,64,3,3
+layer0.bias 64
+layer1.weight 128,64,3,3
+layer1.bias 128
+layer1.blur.kernel 64,1,3,3
+input1.weight 128,3,1,1
+input1.bias 128
+layer2.weight 128,128,3,3
+layer2.bias 128
+layer3.weight 256,128,3,3
+layer3.bias 256
+layer3.blur.kernel 128,1,3,3
+input2.weight 256,3,1,1
+input2.bias 256
+layer4.weight 256,256,3,3
+layer4.bias 256
+layer5.weight 512,256,3,3
+layer5.bias 512
+layer5.blur.kernel 256,1,3,3
+input3.weight 512,3,1,1
+input3.bias 512
+layer6.weight 512,512,3,3
+layer6.bias 512
+layer7.weight 512,512,3,3
+layer7.bias 512
+layer7.blur.kernel 512,1,3,3
+input4.weight 512,3,1,1
+input4.bias 512
+layer8.weight 512,512,3,3
+layer8.bias 512
+layer9.weight 512,512,3,3
+layer9.bias 512
+layer9.blur.kernel 512,1,3,3
+input5.weight 512,3,1,1
+input5.bias 512
+layer10.weight 512,512,3,3
+layer10.bias 512
+layer11.weight 512,512,3,3
+layer11.bias 512
+layer11.blur.kernel 512,1,3,3
+input6.weight 512,3,1,1
+input6.bias 512
+layer12.weight 512,513,3,3
+layer12.bias 512
+layer13.weight 512,8192
+layer13.bias 512
+layer14.weight 1,512
+layer14.bias 1
+"""
+
+
+def _parse(text: str) -> dict[str, tuple[int, ...]]:
+    rows = {}
+    for line in text.strip().splitlines():
+        name, shape = line.split()
+        rows[name] = () if shape == "-" else tuple(int(s) for s in shape.split(","))
+    return rows
+
+
+def _random_discriminator(config: StyleGANDiscriminatorConfig, seed: int = 0) -> StyleGANDiscriminator:
+    """Weights N(0, 1) as StyleGAN's (the weight scaling is applied at run time), biases small, blur kept."""
+    d = StyleGANDiscriminator(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in d.state_dict().items():
+            if not name.endswith("blur.kernel"):
+                t.copy_(torch.randn(t.shape, generator=g) * (0.1 if name.endswith("bias") else 1.0))
+    return d.eval()
+
+
+def _authors_file(d: StyleGANDiscriminator, path: Path, seed: int = 1) -> Path:
+    """d's weights in the authors' layout: plus lod = 0 and FromRGB layers of the lower levels of detail."""
+    g = torch.Generator().manual_seed(seed)
+    state = OrderedDict(lod=torch.zeros(()))
+    nf = d.config.channels
+    final = int(np.log2(d.config.resolution))
+    for b, res_log2 in enumerate(range(final, 1, -1)):
+        if b:
+            state[f"input{b}.weight"] = torch.randn((nf(2**res_log2), 3, 1, 1), generator=g)
+            state[f"input{b}.bias"] = torch.zeros(nf(2**res_log2))
+    state.update(d.state_dict())
+    torch.save(state, path)
+    return path
+
+
+def _tiny_lgrad(tmp_path: Path, **overrides) -> tuple[torch.nn.Module, Path]:
+    d = _random_discriminator(StyleGANDiscriminatorConfig(**TINY_D))
+    path = tmp_path / "disc.safetensors"
+    save_file({k: v.contiguous() for k, v in d.state_dict().items()}, str(path))
+    torch.manual_seed(0)
+    net = build_network("lgrad", {**TINY_NET, "transform": str(path), **overrides})
+    net.fit()
+    return net.eval(), path
+
+
+def _normalised(pixels_uint8: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(pixels_uint8).permute(0, 3, 1, 2).float() / 255
+    return (x - MEAN) / STD
+
+
+# ---- the gradient ---------------------------------------------------------------------------------------------
+
+
+def test_input_gradient_matches_central_finite_differences():
+    d = _random_discriminator(StyleGANDiscriminatorConfig(resolution=8, fmaps_base=32, fmaps_max=4), seed=3).double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    grad = input_gradient(d, x)
+    assert grad.dtype == torch.float64 and grad.shape == x.shape
+    eps = 1e-6
+    fd = torch.empty_like(x)
+    with torch.no_grad():
+        for idx in np.ndindex(*x.shape):
+            hi, lo = x.clone(), x.clone()
+            hi[idx] += eps
+            lo[idx] -= eps
+            fd[idx] = (d(hi).sum() - d(lo).sum()) / (2 * eps)
+    torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-7)
+    assert grad.abs().max() > 1e-3  # not a vacuous agreement of two zeros
+
+
+def test_gradient_of_one_image_does_not_depend_on_its_batch():
+    d = _random_discriminator(StyleGANDiscriminatorConfig(**TINY_D))
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    together = gradient_map(d, x)
+    alone = torch.cat([gradient_map(d, x[i : i + 1]) for i in range(3)])
+    assert torch.equal(together, alone)
+
+
+def test_gradient_map_is_the_authors_8_bit_normalisation_of_the_gradient():
+    d = _random_discriminator(StyleGANDiscriminatorConfig(**TINY_D))
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    grad = input_gradient(d, pixels * 2 - 1).numpy()
+    ours = gradient_map(d, pixels).numpy()
+    for i in range(2):
+        img = grad[i].transpose(1, 2, 0).astype(np.float64)  # the authors' normlize_np on (H, W, 3)
+        img -= img.min()
+        img = img / img.max() * 255.0
+        ref = np.rint(img).transpose(2, 0, 1)
+        assert np.abs(ours[i] - ref).max() <= 1  # float32 vs float64 rounding at .5 only
+        assert (ours[i] == ref).mean() > 0.99
+        assert ours[i].min() == 0 and ours[i].max() == 255
+    # Images of another size are resized to the discriminator's resolution first (the authors' Resize((256, 256))).
+    big = torch.rand(1, 3, 40, 24, generator=torch.Generator().manual_seed(7))
+    resized = F.interpolate(big, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.equal(gradient_map(d, big), gradient_map(d, resized))
+
+
+# ---- the discriminator and its files --------------------------------------------------------------------------
+
+
+def test_discriminator_keys_are_the_authors_without_lod_and_lower_lod_inputs():
+    authors = _parse(AUTHORS_D256)
+    ours = {k: tuple(v.shape) for k, v in StyleGANDiscriminator().state_dict().items()}
+    dropped = {k for k in authors if k == "lod" or (k.startswith("input") and not k.startswith("input0."))}
+    assert len(dropped) == 13
+    assert ours == {k: v for k, v in authors.items() if k not in dropped}
+    # Every weight is a buffer: nothing of the transformation model is trained.
+    assert list(StyleGANDiscriminator().parameters()) == []
+
+
+def test_authors_discriminator_file_imports_and_scores_the_same(tmp_path):
+    cfg = StyleGANDiscriminatorConfig(**TINY_D)
+    d = _random_discriminator(cfg)
+    path = _authors_file(d, tmp_path / "karras2019stylegan-bedrooms-256x256_discriminator.pth")
+    again = StyleGANDiscriminator(cfg)
+    again.load_state_dict(read_lgrad_transform(path, cfg))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(again(x), d(x))
+    # lod other than 0, a wrong shape, a damaged blur kernel: refused, naming the file.
+    state = torch.load(path, weights_only=True)
+    for key, value, match in [
+        ("lod", torch.tensor(1.0), "lod"),
+        ("layer0.weight", torch.zeros(3, 3), "shape mismatch"),
+        ("layer1.blur.kernel", torch.ones_like(state["layer1.blur.kernel"]), "blur kernel"),
+    ]:
+        bad = dict(state)
+        bad[key] = value
+        torch.save(bad, tmp_path / "bad.pth")
+        with pytest.raises(CheckpointImportError, match=match) as err:
+            read_lgrad_transform(tmp_path / "bad.pth", cfg)
+        assert "bad.pth" in str(err.value)
+
+
+def test_network_without_transform_weights_refuses_to_score_raw_images():
+    net = build_network("lgrad", TINY_NET).eval()
+    with pytest.raises(RuntimeError, match="transformation model's weights are not set"):
+        net(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="lgrad.transform"):
+        net.fit()
+
+
+# ---- the network ----------------------------------------------------------------------------------------------
+
+
+def test_raw_image_network_is_the_classifier_on_the_cached_map(tmp_path):
+    net, disc = _tiny_lgrad(tmp_path)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    for i in range(3):
+        (tmp_path / "data" / "fake").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "real").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb[i]).save(tmp_path / "data" / ("fake" if i else "real") / f"{i}.png")
+    write_gradient_maps(tmp_path / "data", tmp_path / "maps", transform=disc, **TINY_D)
+    cached = np.stack(
+        [np.asarray(Image.open(tmp_path / "maps" / ("fake" if i else "real") / f"{i}.png")) for i in range(3)]
+    )
+    inside = net.gradient_input(_normalised(rgb))  # normalised maps computed in forward
+    inside_8bit = torch.round((inside * STD + MEAN) * 255).permute(0, 2, 3, 1).numpy()
+    assert np.abs(inside_8bit - cached).max() <= 1 and (inside_8bit == cached).mean() > 0.99
+    grad_net = build_network("lgrad", {**network_config_dict("lgrad", net), "input": "gradient"}).eval()
+    grad_net.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(net(_normalised(rgb)), grad_net(_normalised(cached)), atol=2e-3, rtol=0)
+
+
+def test_raw_image_contract_gradients_reach_the_classifier_only(tmp_path):
+    net, _ = _tiny_lgrad(tmp_path)
+    frozen = {k: v.clone() for k, v in net.discriminator.state_dict().items()}
+    net.train()
+    x = _normalised(np.random.default_rng(1).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8))
+    logits = net(x)
+    assert logits.shape == (2,) and torch.isfinite(logits).all()
+    F.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 1.0])).backward()
+    names = [n for n, _ in net.named_parameters()]
+    assert names and not any(n.startswith("discriminator.") for n in names)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    opt.step()
+    assert all(torch.equal(frozen[k], v) for k, v in net.discriminator.state_dict().items())
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x.clone()))
+
+
+def test_detector_config_scores_raw_images_and_the_recipe_is_the_authors():
+    cfg = LGradConfig(input="gradient", transform="d.pth")
+    assert for_raw_images(cfg) == LGradConfig(input="image", transform="d.pth")
+    spec = get_network_method("lgrad")
+    assert spec.detector_config is for_raw_images and spec.init == "imagenet"
+    r = spec.recipe
+    assert (r.batch_size, r.lr, r.lr_step_every, r.lr_step_gamma, r.epochs) == (16, 5e-4, 10, 0.8, 100)
+    assert (r.train_resize, r.train_resize_mode, r.train_crop, r.test_crop, r.blur_prob) == (256, "square", 224, 256, 0)
+
+
+# ---- the cache command ----------------------------------------------------------------------------------------
+
+
+def _tree(root: Path, n: int = 3) -> Path:
+    rng = np.random.default_rng(2)
+    for label in ("real", "fake"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / label / f"{i}.jpg")
+    (root / "fake" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    return root
+
+
+def test_gradient_maps_command_mirrors_the_layout_lists_errors_and_resumes(tmp_path):
+    d = _random_discriminator(StyleGANDiscriminatorConfig(**TINY_D))
+    disc = _authors_file(d, tmp_path / "disc.pth")
+    root, out = _tree(tmp_path / "data"), tmp_path / "maps"
+    args = ["gradient-maps", str(root), "--transform", str(disc), "--out", str(out), "--resolution", "16",
+            "--fmaps-base", "64", "--fmaps-max", "8", "--batch-size", "2"]  # fmt: skip
+    assert main(args) == 0
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert pngs == [f"{lab}/{i}.png" for lab in ("fake", "real") for i in range(3)]
+    listing = pd.read_csv(out / "manifest.csv")
+    assert sorted(listing["path"]) == pngs and set(listing["label"]) == {0, 1}
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors["path"]) == ["fake/broken.png"]
+    info = json.loads((out / "gradient_maps.json").read_text())
+    assert info["n_maps"] == 6 and info["settings"]["discriminator"]["resolution"] == 16
+    # The PNG is the map of the decoded, resized image, losslessly.
+    rgb = np.array(Image.open(root / "real" / "1.jpg").convert("RGB"))
+    x = F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, size=(16, 16), mode="bilinear",
+                      align_corners=False, antialias=True)  # fmt: skip
+    ref = gradient_map(d, x)[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    assert np.array_equal(np.asarray(Image.open(out / "real" / "1.png")), ref)
+    # Resume: a missing map is written, existing ones are kept untouched.
+    (out / "fake" / "2.png").unlink()
+    kept = (out / "real" / "0.png").stat().st_mtime_ns
+    summary = write_gradient_maps(root, out, transform=disc, resolution=16, fmaps_base=64, fmaps_max=8)
+    assert summary["n_written_now"] == 1 and summary["n_maps"] == 6
+    assert (out / "real" / "0.png").stat().st_mtime_ns == kept
+    # The folder layout is unchanged: the same --layout lists the maps with the same labels.
+    from causalclip.images.layouts import list_samples
+
+    assert len(list_samples(out, "folders").samples) == 6
+    # Another transformation model into the same folder is refused.
+    other = _authors_file(_random_discriminator(StyleGANDiscriminatorConfig(**TINY_D), seed=9), tmp_path / "o.pth")
+    with pytest.raises(ValueError, match="another transformation model"):
+        write_gradient_maps(root, out, transform=other, resolution=16, fmaps_base=64, fmaps_max=8)
+
+
+# ---- the authors' checkpoints ---------------------------------------------------------------------------------
+
+
+def test_authors_classifier_and_discriminator_import_as_one_network(tmp_path):
+    net, _ = _tiny_lgrad(tmp_path)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+    classifier = {k: v for k, v in net.state_dict().items() if not k.startswith("discriminator.")}
+    torch.save({"model": classifier, "optimizer": {}, "total_steps": 10}, tmp_path / "LGrad.pth")
+    disc = _authors_file(net.discriminator, tmp_path / "disc.pth")
+    with pytest.raises(CheckpointImportError, match="pass transform="):
+        import_network("lgrad", tmp_path / "LGrad.pth", config=TINY_NET)
+    imported, report = import_network("lgrad", tmp_path / "LGrad.pth", config=TINY_NET, transform=disc)
+    assert report["auxiliary"]["transform"]["source"] == str(disc) and report["container"] == "model"
+    x = _normalised(np.random.default_rng(3).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
+    with torch.no_grad():
+        assert torch.equal(imported(x), net(x))
+    assert imported.config.input == "image"
