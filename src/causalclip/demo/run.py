@@ -97,13 +97,13 @@ DEFAULT_TRAIN: dict[str, Any] = {
 TINY_TRAIN: dict[str, Any] = {**DEFAULT_TRAIN, "train.epochs": 3}
 
 # Networks trained on the tiles' pixels, beside the heads. The authors' architectures at 64-px tiles are far too
-# slow for a 2-core demo (ResNet-50: ~10 training images/s here), so the demo trains narrow versions of the same
+# slow for a 2-core demo (docs/reports/image-training-speed.md), so the demo trains narrow versions of the same
 # code (one block per stage, a quarter of the width; FreDect's DCT at the tile size) and says so in every table.
 # CNNSpot starts from scratch: ImageNet weights cannot be downloaded here. Training as the heads': learning rate
-# 1e-3, validation BCE selects the epoch (chosen before looking at any test number); each training family is
-# subsampled to at most NETWORK_IMAGES_PER_CLASS tiles per class (seeded), the test sets are whole.
+# 1e-3, at most 4 epochs, validation BCE selects the epoch; the networks see the same training, validation and
+# test tiles as the heads (network_images_per_class caps the training tiles per class, None = all).
 DEMO_NETWORKS = ("npr", "cnnspot", "fredect")
-NETWORK_IMAGES_PER_CLASS = 200
+NETWORK_IMAGES_PER_CLASS: int | None = None
 _NARROW_RESNET = {"layers": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "stem_width": 16}
 
 
@@ -145,7 +145,7 @@ class DemoConfig:
     # Networks trained on the tiles themselves (causalclip.pixel), narrow versions (network_architecture).
     networks: tuple[str, ...] = DEMO_NETWORKS
     network_overrides: tuple[tuple[str, Any], ...] = tuple(DEFAULT_NETWORK_TRAIN.items())
-    network_images_per_class: int = NETWORK_IMAGES_PER_CLASS
+    network_images_per_class: int | None = NETWORK_IMAGES_PER_CLASS
     protocol: Literal["one-family", "leave-one-out"] = "one-family"
     # None: each family in turn. One-family: the families trained on; leave-one-out: the families left out.
     train_families: tuple[str, ...] | None = None
@@ -402,8 +402,9 @@ def _networks_note(cfg: DemoConfig) -> tuple[str, ...]:
         return ()
     names = ", ".join(HEAD_LABELS.get(n, n) for n in cfg.networks)
     return (
-        f"{names}: trained on the tiles' pixels (at most {cfg.network_images_per_class} per class and family), "
-        "narrow versions of the authors' networks (one block per stage, a quarter of the width), from scratch; "
+        f"{names}: trained on the tiles' pixels "
+        + (f"(at most {cfg.network_images_per_class} per class and family), " if cfg.network_images_per_class else "")
+        + "narrow versions of the authors' networks (one block per stage, a quarter of the width), from scratch; "
         "the heads above them score weight-free forensic features.",
     )
 
@@ -600,8 +601,9 @@ def _train_networks(cfg: DemoConfig, out: Path, runs: dict) -> list[dict[str, An
         name, seen = cfg.train_set_name(fam), cfg.seen_families(fam)
         relabel = None if _loo(cfg) else fam
         train_set = _images(out, "train", seen, relabel)
-        train_set.samples = balanced_per_class(train_set.samples, cfg.network_images_per_class, 0)
-        train_set.description["n"] = len(train_set.samples)
+        if cfg.network_images_per_class:
+            train_set.samples = balanced_per_class(train_set.samples, cfg.network_images_per_class, 0)
+            train_set.description["n"] = len(train_set.samples)
         val_set = _images(out, "val", seen, relabel)
         for net in cfg.networks:
             for seed in cfg.seeds:
