@@ -356,3 +356,46 @@ def test_authors_classifier_and_discriminator_import_as_one_network(tmp_path):
     with torch.no_grad():
         assert torch.equal(imported(x), net(x))
     assert imported.config.input == "image"
+
+
+# ---- end to end: train on the cache, detect on raw images ----------------------------------------------------
+
+
+def test_train_on_cached_maps_then_a_raw_image_detector_scores_like_the_run(tmp_path):
+    from causalclip.detector.folder import read_detector, write_network_detector
+    from causalclip.pixel.folder import load_network
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for lab in ("real", "fake"):
+            (tmp_path / split / lab).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / split / lab / f"{i}.png"
+                )
+    d = _random_discriminator(StyleGANDiscriminatorConfig(**TINY_D))
+    disc = tmp_path / "disc.safetensors"
+    save_file({k: v.contiguous() for k, v in d.state_dict().items()}, str(disc))
+    for split in ("train", "val"):
+        write_gradient_maps(tmp_path / split, tmp_path / f"g{split}", transform=disc, **TINY_D)
+    sets = [f"lgrad.{k}={json.dumps(v)}" for k, v in TINY_NET.items()]
+    sets += ["lgrad.input=gradient", f"lgrad.transform={disc}", "recipe.train_crop=16", "recipe.test_crop=16",
+             "recipe.train_resize=null", "recipe.batch_size=8", "recipe.epochs=1", "train.workers=0"]  # fmt: skip
+    args = ["train", "--head", "lgrad", "--train", str(tmp_path / "gtrain"), "--val", str(tmp_path / "gval"),
+            "--out", str(tmp_path / "run"), "-q"]  # fmt: skip
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    run = load_network(tmp_path / "run")
+    assert run.network.config.input == "gradient"
+    assert all(torch.equal(run.network.discriminator.state_dict()[k], v) for k, v in d.state_dict().items())
+    # The detector gets the run's weights (classifier + transformation model) with the raw-image config.
+    raw_cfg = get_network_method("lgrad").detector_config(run.network.config)
+    net = build_network("lgrad", raw_cfg)
+    net.load_state_dict(run.network.state_dict())
+    write_network_detector(tmp_path / "det", network=net, method="lgrad", config=raw_cfg, init=run.info["init"])
+    det = read_detector(tmp_path / "det")
+    raw = np.stack([np.asarray(Image.open(tmp_path / "val" / "fake" / f"{i}.png")) for i in range(4)])
+    maps = np.stack([np.asarray(Image.open(tmp_path / "gval" / "fake" / f"{i}.png")) for i in range(4)])
+    with torch.no_grad():
+        from_raw = torch.sigmoid(det.head(_normalised(raw)))
+        from_cache = torch.sigmoid(run.network(_normalised(maps)))
+    torch.testing.assert_close(from_raw, from_cache, atol=2e-3, rtol=0)
