@@ -22,7 +22,7 @@ _need("multipart")
 _need("httpx")
 import schemathesis  # noqa: E402  (the dev extra: never skipped)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
-from schemathesis.checks import positive_data_acceptance  # noqa: E402
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 
 from _detector_factory import make_tiny_detector, write_image  # noqa: E402
@@ -58,23 +58,26 @@ def _fuzz(schema, mode, **call):
     """Hypothesis over every operation of ``schema``: each generated case is sent and validated (schemathesis'
     checks: no 5xx, status code, content type, headers and body as documented). Returns the status codes seen.
 
-    One check is narrowed on POST /v1/detect: "a schema-valid request is accepted". No JSON schema can say "bytes
-    that decode as an image", so schema-valid random bytes get the documented 422; the 422 is accepted only when
-    it names the file parts as unusable images (an empty or missing 'files', the finding of the first run, would
-    name 'body.files' and fail)."""
+    Two checks are narrowed on POST /v1/detect. "A schema-valid request is accepted": no JSON schema can say
+    "bytes that decode as an image", so schema-valid random bytes get the documented 422; the 422 is accepted only
+    when it names the file parts as unusable images (an empty or missing 'files', the finding of the first run,
+    would name 'body.files' and fail). "A schema-violating request is rejected" lists the 4xx codes it counts as
+    a rejection, without 413, which this API documents for too many files: any 4xx counts here."""
     seen = []
     for result in schema.get_all_operations():
         operation = result.ok()
         detect = operation.path == "/v1/detect"
         if mode == GenerationMode.NEGATIVE and not detect:  # nothing to break in a GET without parameters
             continue
-        excluded = [positive_data_acceptance] if detect and mode == GenerationMode.POSITIVE else []
+        excluded = [positive_data_acceptance if mode == GenerationMode.POSITIVE else negative_data_rejection] * detect
 
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case):  # run at once below, in this iteration: the loop variables are the ones meant
             response = case.call_and_validate(excluded_checks=excluded, **call)  # noqa: B023
-            if excluded and response.status_code == 422:  # noqa: B023
+            if excluded and mode == GenerationMode.NEGATIVE:  # noqa: B023
+                assert 400 <= response.status_code < 500, response.text
+            elif excluded and response.status_code == 422:  # noqa: B023
                 errors = response.json()["errors"]
                 assert errors and all(e["name"] != "body.files" for e in errors), response.text
                 assert all("image" in e["error"] or "truncated" in e["error"] for e in errors), response.text

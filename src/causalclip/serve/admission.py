@@ -19,13 +19,15 @@ _RATE_WINDOW_S = 30.0  # answers counted for the Retry-After estimate
 
 
 class Ticket:
-    """The images one request holds; :meth:`Admission.release` gives them back. ``answered``: they were scored
-    (set by whoever scored them; answered images count for :meth:`Admission.retry_after`)."""
+    """The images one request holds; :meth:`Admission.release` gives them back. ``arrived``: when it was admitted
+    (``time.monotonic()``); ``answered``: its images were scored (set by whoever scored them; answered images
+    count for :meth:`Admission.retry_after`)."""
 
-    __slots__ = ("answered", "images")
+    __slots__ = ("answered", "arrived", "images")
 
     def __init__(self, images: int) -> None:
         self.images = images
+        self.arrived = time.monotonic()
         self.answered = False
 
 

@@ -12,7 +12,7 @@ before the server listens), and returns a FastAPI app:
 
 Back-pressure: at most ``max_queued_images`` images are admitted and unanswered at once; a request beyond that
 gets 503 with ``Retry-After`` at once (a full server does not even read its body). An admitted request that is not
-in a forward pass ``deadline_s`` seconds after its body arrived gets 503 too, unscored; one whose client went away
+in a forward pass ``deadline_s`` seconds after it arrived gets 503 too, unscored; one whose client went away
 is dropped from the queue. With ``api_key`` every ``/v1/`` route needs ``Authorization: Bearer <key>`` (checked
 before the body is read); the page, the docs and the health routes stay open.
 
@@ -267,7 +267,7 @@ def create_app(
     ``max_upload_bytes``: per file; ``max_request_bytes``: the whole body; ``max_files``: parts per request;
     ``max_pixels``: the decompression-bomb limit of every image. ``max_queued_images``: images admitted and not yet
     answered (at least ``max_files``, so that every allowed request can fit); ``deadline_s``: seconds from a
-    request's body arriving until it must be in a forward pass. ``api_key``: required on ``/v1/`` routes as
+    request's arrival until it must be in a forward pass. ``api_key``: required on ``/v1/`` routes as
     ``Authorization: Bearer <key>`` (None: no authentication). ``engine_options`` go to :class:`DetectionEngine`
     (device, precision, backbone_model, threshold, crops, max_crops, batch_size).
 
@@ -418,7 +418,8 @@ def create_app(
                     413,
                 )
             items.append((name, data))
-        deadline = time.monotonic() + deadline_s
+        # from the request's arrival: reading and parsing its body count too (under overload they are slow)
+        deadline = ticket.arrived + deadline_s
         gone = threading.Event()
         watcher = asyncio.create_task(_watch_disconnect(request, gone))
         try:
