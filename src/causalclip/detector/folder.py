@@ -437,8 +437,18 @@ def write_network_detector(
             else:
                 threshold, calibration = float(rec["threshold"]), {k: v for k, v in rec.items() if k != "threshold"}
         _prepare_out(out, overwrite, not_same_as=source)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            atomic_write(out / name, lambda p, src=source / name: shutil.copyfile(src, p))
+        to_detector = getattr(get_network_method(method), "detector_config", None)
+        raw = to_detector(loaded.network.config) if to_detector is not None else loaded.network.config
+        if raw != loaded.network.config:  # trained on a cached transform (LGrad's gradient maps): score raw images
+            from ..networks.registry import build_network
+
+            network = build_network(method, raw)
+            network.load_state_dict(loaded.network.state_dict())
+            save_network(out, network, method=method, config=raw, preprocessing=prep, init=init,
+                         extra={"provenance": run_prov})  # fmt: skip
+        else:
+            for name in (CONFIG_NAME, WEIGHTS_NAME):
+                atomic_write(out / name, lambda p, src=source / name: shutil.copyfile(src, p))
     else:
         if network is None or method is None:
             raise ValueError("write_network_detector needs a run folder (source) or a network and its method")

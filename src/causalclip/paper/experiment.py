@@ -743,8 +743,11 @@ def run_experiment(
     means = _method_means(long)
     files = [_write_frame(out / "metrics_long.csv", long), _write_frame(out / "results_seeds.csv", seed_spread(long))]
     tables = {}
+    reported = set(paper_table(table_number(preset.setting, "ap")).index)  # FreDect: in the ProGAN tables only
     paper = (
-        None if all_paper_rows else [HEAD_METHODS[h] for h in _paper_order([*heads, *networks]) if h in HEAD_METHODS]
+        None
+        if all_paper_rows
+        else [HEAD_METHODS[h] for h in _paper_order([*heads, *networks]) if HEAD_METHODS.get(h) in reported]
     )
     seed_note = (
         f"Rows marked (ours) are the mean over seeds {', '.join(map(str, seeds))} (each run: metrics_long.csv)."

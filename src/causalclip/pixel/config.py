@@ -93,7 +93,8 @@ def resolve_pixel_config(
     A config file (JSON or TOML) has sections ``recipe`` (Recipe keys: batch_size, lr, epochs, train_crop, ...),
     ``train`` (PixelLoopConfig keys) and one per method name (its architecture config); sections of other methods
     and of heads are ignored, so one file can serve several methods. Overrides are ``key=value``:
-    ``recipe.lr=1e-4``, ``train.workers=4``, ``npr.num_classes=1``, or a bare key of any of the three.
+    ``recipe.lr=1e-4``, ``train.workers=4``, ``npr.layers=[1, 1]``, or a bare key of any of the three; keys of other
+    methods (``cnnspot.stem_width=8`` when resolving npr) are ignored, so one list can serve several methods.
     """
     spec = get_network_method(method)
     sections: dict[str, dict[str, Any]] = {"recipe": {}, "train": {}, method: {}}
@@ -111,6 +112,8 @@ def resolve_pixel_config(
         parts = key.split(".") if isinstance(key, str) else list(key)
         if len(parts) == 2 and parts[0] in sections:
             sections[parts[0]][parts[1]] = value
+            continue
+        if len(parts) == 2 and parts[0] in NETWORKS:  # another method's key: one list of overrides serves several
             continue
         owners = [k for k in sections if len(parts) == 1 and parts[0] in fields[k]]
         if len(owners) != 1:
