@@ -15,7 +15,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     if (args.dct_mean or args.dct_var) and args.method != "fredect":
         raise ValueError("--dct-mean/--dct-var are the statistics of AIGCDetectBenchmark's FreDect (--method fredect)")
+    if args.transform and args.method != "lgrad":
+        raise ValueError("--transform is LGrad's transformation model (--method lgrad)")
     stats = {"dct_mean": args.dct_mean, "dct_var": args.dct_var} if args.method == "fredect" else {}
+    if args.method == "lgrad":
+        stats["transform"] = args.transform
     network, report = import_network(args.method, args.checkpoint, **stats)
     config = config_from_dict(NETWORKS[args.method].config_cls, network_config_dict(args.method, network))
     out = write_network_detector(
@@ -50,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DETECTOR", help="detector folder to create")
     p.add_argument("--dct-mean", metavar="FILE", help="fredect: AIGCDetectBenchmark's weights/auxiliary/dct_mean")
     p.add_argument("--dct-var", metavar="FILE", help="fredect: AIGCDetectBenchmark's weights/auxiliary/dct_var")
+    p.add_argument(
+        "--transform", metavar="FILE", help="lgrad: the transformation model (the authors' StyleGAN discriminator .pth)"
+    )
     p.add_argument("--threshold", type=float, help="decision threshold (default 0.5: the authors' logit > 0)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=_cmd_import)

@@ -37,7 +37,7 @@ from ..features.featureset import open_feature_set
 from ..heads.base import Head
 from ..heads.checkpoint import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, CheckpointError, load_head
 from ..metrics.thresholds import read_threshold
-from ..pixel.folder import is_network_folder, load_network
+from ..pixel.folder import is_network_folder, load_network, raw_image_network
 
 __all__ = [
     "DETECTOR_FORMAT_VERSION",
@@ -437,13 +437,8 @@ def write_network_detector(
             else:
                 threshold, calibration = float(rec["threshold"]), {k: v for k, v in rec.items() if k != "threshold"}
         _prepare_out(out, overwrite, not_same_as=source)
-        to_detector = getattr(get_network_method(method), "detector_config", None)
-        raw = to_detector(loaded.network.config) if to_detector is not None else loaded.network.config
-        if raw != loaded.network.config:  # trained on a cached transform (LGrad's gradient maps): score raw images
-            from ..networks.registry import build_network
-
-            network = build_network(method, raw)
-            network.load_state_dict(loaded.network.state_dict())
+        network, raw = raw_image_network(method, loaded.network)
+        if network is not loaded.network:  # trained on a cached transform (LGrad's gradient maps): score raw images
             save_network(out, network, method=method, config=raw, preprocessing=prep, init=init,
                          extra={"provenance": run_prov})  # fmt: skip
         else:

@@ -17,7 +17,7 @@ from ..metrics.binary import balanced_indices, per_generator_metrics
 from ..metrics.errors import MetricsError
 from ..metrics.thresholds import calibration_record, stored_threshold, write_threshold
 from .data import ImageSet
-from .folder import load_network
+from .folder import load_network, raw_image_network
 from .predict import predict_images
 
 __all__ = ["calibrate_network_run", "evaluate_images"]
@@ -37,10 +37,14 @@ def evaluate_images(
     workers: int = 0,
 ) -> EvalResult:
     """Score every test set with the network in ``run`` (a run or detector folder) and compute per-generator AP/ACC,
-    exactly as :func:`causalclip.evaluate` does for heads (balanced seeded sampling, calibrated threshold)."""
+    exactly as :func:`causalclip.evaluate` does for heads (balanced seeded sampling, calibrated threshold).
+
+    Test sets are raw images: a run trained on a cached transform of its images (LGrad on gradient maps) is
+    evaluated with that transform applied inside the network, as its detector folder scores images."""
     run = Path(run)
     calibration = stored_threshold(run)
     loaded = load_network(run, device=device)
+    network, _ = raw_image_network(loaded.method, loaded.network)  # test sets are images, whatever it trained on
     prep = loaded.preprocessing
     parts, notes, errors = [], [], []
     owner: dict[str, Path] = {}
@@ -58,9 +62,7 @@ def evaluate_images(
                 notes.append(f"{s.root}: balanced by seeded sampling to {len(idx)} of {len(s)} images (seed {seed})")
         else:
             idx = np.arange(len(s))
-        res = predict_images(
-            loaded.network, s, prep, indices=idx, batch_size=batch_size, workers=workers, device=device
-        )
+        res = predict_images(network, s, prep, indices=idx, batch_size=batch_size, workers=workers, device=device)
         errors += [(str(s.paths[i]), reason) for i, reason in res.errors]
         if res.errors:
             notes.append(f"{s.root}: {len(res.errors)} image(s) could not be used (errors.csv)")

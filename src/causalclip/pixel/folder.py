@@ -28,7 +28,7 @@ from ..heads.checkpoint import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, Check
 from ..images.transforms import Preprocessing
 from ..networks.registry import build_network, get_network_method
 
-__all__ = ["LoadedNetwork", "is_network_folder", "load_network", "save_network"]
+__all__ = ["LoadedNetwork", "is_network_folder", "load_network", "raw_image_network", "save_network"]
 
 FORMAT_VERSION = 1
 
@@ -138,3 +138,17 @@ def load_network(folder: str | os.PathLike[str], *, device: str = "cpu") -> Load
         raise CheckpointError(f"{w_path}: weights do not match the network in {CONFIG_NAME}: {exc}") from exc
     network.to(torch.device(device)).eval()
     return LoadedNetwork(network=network, info=info)
+
+
+def raw_image_network(method: str, network: nn.Module) -> tuple[nn.Module, Any]:
+    """``network`` as it must be to score raw images, and its config: the same network, or, for a method whose
+    training may read a cached transform of the images (LGrad's gradient maps: ``NetworkMethod.detector_config``),
+    the same weights in the configuration that applies the transform inside the network."""
+    to_raw = getattr(get_network_method(method), "detector_config", None)
+    config = getattr(network, "config", None)
+    raw = to_raw(config) if to_raw is not None and config is not None else config
+    if raw == config:
+        return network, config
+    out = build_network(method, raw)
+    out.load_state_dict(network.state_dict())
+    return out.to(next(network.parameters()).device).eval(), raw
