@@ -198,8 +198,16 @@ def _fit_input_statistics(network: nn.Module, train: ImageSet, rc: PixelRunConfi
     idx = np.sort(np.random.default_rng([rc.train.seed, 7]).permutation(len(train))[:n])
     prep = Preprocessing(mode="crop", size=rc.recipe.train_crop, mean=tuple(rc.recipe.mean), std=tuple(rc.recipe.std))
     chunks = [idx[i : i + 64] for i in range(0, len(idx), 64)]
-    network.fit(b.x for b in iterate_batches(train, chunks, prep, workers=workers) if len(b.index))
-    return {"images": int(n), "crop": rc.recipe.train_crop}
+    seen = [0]
+
+    def batches():  # counted as read: a method whose fit() loads frozen parts (LGrad's transform) reads none
+        for b in iterate_batches(train, chunks, prep, workers=workers):
+            if len(b.index):
+                seen[0] += len(b.index)
+                yield b.x
+
+    network.fit(batches())
+    return {"images": seen[0], "crop": rc.recipe.train_crop}
 
 
 def _check_out(out: Path, info: dict[str, Any], overwrite: bool, d: _Dist) -> dict[str, Any] | None:
