@@ -73,10 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--networks",
         nargs="*",
-        choices=sorted(NETWORKS),
+        choices=sorted(n for n in NETWORKS if n != "lgrad"),
         metavar="NAME",
         help="networks trained on the tiles' pixels, narrow versions (default npr cnnspot fredect; "
-        f"choices {', '.join(sorted(NETWORKS))}; --networks with no name: none)",
+        f"choices {', '.join(sorted(n for n in NETWORKS if n != 'lgrad'))}; --networks with no name: none; lgrad "
+        "needs a StyleGAN discriminator the demo does not have)",
     )
     d.add_argument("--families", nargs="+", metavar="NAME", help="generator families to build (default all)")
     d.add_argument(

@@ -76,6 +76,7 @@ HEAD_LABELS = {
     "cnnspot": "CNNSpot (scratch)",
     "fredect": "FreDect",
     "fredect-simple": "FreDect (simple)",
+    "fusing": "Fusing (scratch)",
 }
 
 # Training of the heads in the demo. The paper's defaults (lr 1e-4, batch 256, early stopping on AP) are made
@@ -102,6 +103,9 @@ TINY_TRAIN: dict[str, Any] = {**DEFAULT_TRAIN, "train.epochs": 3}
 # CNNSpot starts from scratch: ImageNet weights cannot be downloaded here. Training as the heads': learning rate
 # 1e-3, at most 4 epochs, validation BCE selects the epoch; the networks see the same training, validation and
 # test tiles as the heads (network_images_per_class caps the training tiles per class, None = all).
+# Fusing runs too (--networks fusing) but is not in the default set: five backbone passes per image (the global
+# view and four patches) made it ~6x slower than narrow CNNSpot here, longer than the rest of the demo together.
+# LGrad needs a StyleGAN discriminator as its transformation model, which the demo does not have.
 DEMO_NETWORKS = ("npr", "cnnspot", "fredect")
 NETWORK_IMAGES_PER_CLASS: int | None = None
 _NARROW_RESNET = {"layers": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "stem_width": 16}
@@ -115,6 +119,14 @@ def network_architecture(name: str, tile: int) -> dict[str, Any]:
         return {**_NARROW_RESNET, "size": tile}
     if name == "fredect-simple":
         return {"size": tile}
+    if name == "fusing":  # the global view at the tile size (a 2 x 2 map at 64 px), two patches of each size
+        return {**_NARROW_RESNET, "global_size": tile, "score_windows": [max(1, min(2, tile // 32)), 1], "patches_per_window": [2, 2],
+                "patch_sizes": [tile // 2, tile // 4], "embed_dim": 32, "heads": 2, "depth": 1}  # fmt: skip
+    if name == "lgrad":
+        raise DemoError(
+            "lgrad needs a transformation model (a StyleGAN discriminator); the demo's generator families are not "
+            "StyleGANs, so the demo cannot run it: train it with `causalclip train --head lgrad --set lgrad.transform=FILE`"
+        )
     return dict(_NARROW_RESNET)
 
 
