@@ -253,3 +253,39 @@ def test_queue_options_are_checked(engine):
     for bad in (0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="deadline_s must be a positive number"):
             create_app(engine, deadline_s=bad)
+
+
+def test_a_refused_request_has_its_small_body_discarded_not_parsed(engine):
+    """A full server reads a refused upload of up to 2 MiB to its end (so that closing the connection does not
+    reset it under the client's feet) without parsing it; a larger declared body is not read at all."""
+    app = create_app(engine, max_files=2, max_queued_images=2)
+    app.state.admission.admit(2)  # full
+    chunks = [b"--x\r\n", b"a" * 100_000, b"--x--\r\n"]
+
+    async def call(declared: int):
+        messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        taken, sent = [], []
+
+        async def receive():
+            if messages:
+                taken.append(messages.pop(0))
+                return taken[-1]
+            raise AssertionError("read past the end of the body")
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": "/v1/detect", "raw_path": b"/v1/detect", "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"multipart/form-data; boundary=x"),
+                        (b"content-length", str(declared).encode())],
+            "client": ("127.0.0.1", 50000), "server": ("test", 80),
+        }  # fmt: skip
+        await app(scope, receive, send)
+        return len(taken), sent[0]["status"], dict(sent[0]["headers"])
+
+    n, status, headers = asyncio.run(call(sum(map(len, chunks))))
+    assert (n, status) == (3, 503) and int(headers[b"retry-after"]) >= 1
+    n, status, _ = asyncio.run(call(3 * 2**20))
+    assert (n, status) == (0, 503)
