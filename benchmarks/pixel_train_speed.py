@@ -21,9 +21,10 @@ What it measures, all in one run so that the figures compare with each other:
    (median over median), and the share of the machine's CPU time other processes used meanwhile.
 4. **The end-to-end loop**: images/s of :func:`causalclip.pixel.loop.train_network` (the loop's own
    ``images_per_s`` in metrics.csv: training steps with data loading, validation excluded) on a small folder of
-   JPEGs with ``train.workers`` = 0, 1 and 2, beside the bare step of the same network and batch (row of 3) and
-   the data side alone (decode + the recipe's training transform, ``iterate_batches`` in this process), so one
-   can see which of the two bounds the loop.
+   JPEGs with ``train.workers`` = 0, 1 and 2, beside the bare step of the same network and batch (as in 3, timed
+   again just before, so that the two are measured under the same load) and the data side alone (decode + the
+   recipe's training transform, ``iterate_batches`` in this process), so one can see which of the two bounds the
+   loop.
 
 Batch sizes: the recipes train at 32 (NPR, FreDect-simple) or 64 (CNNSpot, FreDect); on a 2-core CPU a step of
 64 ResNet-50 images at 224 x 224 takes a minute or more, so ``--batch-cap`` caps each size's batch (default 16 at
@@ -384,9 +385,9 @@ def loop_cases(args: argparse.Namespace, cases: list[Case]) -> list[LoopCase]:
             args.demo_tile,
             args.demo_batch,
             args.demo_tile,
-            4 if q else 128,
+            4 if q else 64,  # 128 training images: 4 steps of the demo's batch 32 per epoch
             2 if q else 16,
-            1 if q else 2,
+            1 if q else 2,  # the last epoch is reported: the first one builds oneDNN's kernels for new shapes
         )
         for name in DEMO_NETWORKS
     ]
@@ -395,11 +396,9 @@ def loop_cases(args: argparse.Namespace, cases: list[Case]) -> list[LoopCase]:
     if full is None:
         return out
     image_px = get_network_method("cnnspot").recipe.train_resize or big
-    out.append(
-        LoopCase(
-            "cnnspot", "full", big, full.batch, max(image_px, big), full.batch if q else 8, 2 if q else 4, 1 if q else 2
-        )
-    )
+    # One epoch of 2 steps: a step of 8 images at 224 px takes 4-10 s on 2 vCPUs; the step phase already built
+    # the kernels of these shapes in this process.
+    out.append(LoopCase("cnnspot", "full", big, full.batch, max(image_px, big), full.batch, 2, 1))
     return out
 
 
@@ -480,13 +479,21 @@ def run_loops(args: argparse.Namespace, cases: list[LoopCase], workdir: Path) ->
                 make_jpegs(base / "train", c.per_class, c.image_px, seed=10 + i),
                 make_jpegs(base / "val", c.val_per_class, c.image_px, seed=100 + i),
             )
-    out: dict[LoopCase, dict[str, Any]] = {c: {"data": [], "runs": {w: [] for w in WORKERS}} for c in cases}
+    out: dict[LoopCase, dict[str, Any]] = {c: {"bare": [], "data": [], "runs": {w: [] for w in WORKERS}} for c in cases}
+    trainers: dict[LoopCase, Trainer] = {}
     logging.getLogger("causalclip").setLevel(logging.WARNING)
     for rep in range(args.loop_reps):
         for c in cases:
             if c.arch == "full" and rep >= args.loop_reps_full:
                 continue
             train_root, val_root = roots[(c.image_px, c.per_class, c.val_per_class)]
+            # The bare step again, just before the loop runs it: the load on a shared machine changes by the minute.
+            if c not in trainers:
+                trainers[c] = Trainer(c.step_case(), seed=args.seed)
+                for _ in range(args.warmup):
+                    trainers[c].step("fp32")
+            times = [trainers[c].step("fp32") for _ in range(args.steps)]
+            out[c]["bare"].append(c.batch * len(times) / sum(times))
             out[c]["data"].append(data_rate(c, train_root, args.seed))
             for w in WORKERS:
                 rc = resolve_pixel_config(c.network, overrides=loop_overrides(c, w, args.seed))
@@ -531,7 +538,7 @@ def _num(v: float, digits: int | None = None) -> str:
 
 
 def _spread(values: Sequence[float]) -> str:
-    return f"{_num(min(values))}-{_num(max(values))}" if len(values) > 1 else "(1 rep)"
+    return f"{_num(min(values))}-{_num(max(values))}" if len(values) > 1 else "1 rep"
 
 
 def summarise(args, cases, flops, timing, loops) -> dict[str, Any]:
@@ -567,7 +574,9 @@ def summarise(args, cases, flops, timing, loops) -> dict[str, Any]:
         )
         row = {
             **dataclasses.asdict(lc),
-            "bare_step_images_per_s": step["images_per_s"],
+            "bare_step_images_per_s": float(np.median(res["bare"])),
+            "bare_step_reps": res["bare"],
+            "bare_step_images_per_s_step_table": step["images_per_s"],
             "data_images_per_s": float(np.median(res["data"])),
             "data_reps": res["data"],
             "workers": {},
@@ -696,7 +705,10 @@ def print_report(args, info, summary, resnet_check) -> None:
             )
     if summary["loops"]:
         p("")
-        p("== End to end: train_network on JPEGs (metrics.csv images_per_s of the last epoch; fp32) vs its parts ==")
+        p(
+            "== End to end: train_network on JPEGs (metrics.csv images_per_s of the last epoch; fp32) vs its parts "
+            "measured just before it (median (min-max) over repetitions) =="
+        )
         p(
             _row(
                 [
@@ -727,10 +739,10 @@ def print_report(args, info, summary, resnet_check) -> None:
                             r["batch"],
                             r["image_px"],
                             2 * r["per_class"],
-                            _num(r["bare_step_images_per_s"]),
-                            _num(r["data_images_per_s"]),
+                            f"{_num(r['bare_step_images_per_s'])} ({_spread(r['bare_step_reps'])})",
+                            f"{_num(r['data_images_per_s'])} ({_spread(r['data_reps'])})",
                             w,
-                            _num(v["images_per_s"]),
+                            f"{_num(v['images_per_s'])} ({_spread(v['reps'])})",
                             _num(v["images_per_s"] / r["bare_step_images_per_s"], 2),
                             "/".join(f"{100 * o:.0f}" for o in v["other_cpu"]),
                         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def _table(text: str, header_start: str) -> list[list[str]]:
 
 
 def _num(cell: str) -> float:
-    return float(cell.replace(",", ""))
+    """The leading number of a cell ("1,234", "12.5 (10.1-13.0)")."""
+    return float(cell.split()[0].replace(",", ""))
 
 
 def test_default_run_promises_every_network_at_64_and_224_and_the_demo_networks():
@@ -111,7 +113,10 @@ def test_quick_run_prints_every_row_it_promises(tmp_path, capsys):
             if (s["network"], s["arch"], s["size"], s["batch"], s["dtype"])
             == (r["network"], r["arch"], r["size"], r["batch"], "fp32")
         )
-        assert r["bare_step_images_per_s"] == step["images_per_s"]
+        assert r["bare_step_images_per_s_step_table"] == step["images_per_s"]
+        assert r["bare_step_images_per_s"] == statistics.median(r["bare_step_reps"]) > 0
+        for w in ("0", "1", "2"):
+            assert r["workers"][w]["images_per_s"] == statistics.median(r["workers"][w]["reps"]) > 0
     assert blob["machine"]["commit"] and blob["machine"]["load_average_start"]
 
 
