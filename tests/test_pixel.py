@@ -346,3 +346,31 @@ def test_import_checkpoint_refuses_a_pickle_that_would_run_code(tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 2 and str(path) in err and "refus" in err.lower()
     assert not marker.exists() and not (tmp_path / "det" / "detector.json").exists()
+
+
+def test_cnnspot_starts_from_a_users_imagenet_file_and_every_record_says_so(trees, tmp_path):
+    """--imagenet-weights: a torchvision-layout ResNet-50 file (with its 1000-way fc) initialises CNNSpot's trunk;
+    run.json, config.json and the exported detector record it. Without it, the run says 'scratch'."""
+    from causalclip.networks.registry import build_network
+
+    torch.manual_seed(5)
+    trunk = build_network("cnnspot").state_dict()  # the full-size network: the file must be ResNet-50's
+    imagenet = {k: v for k, v in trunk.items() if not k.startswith("fc.")}
+    imagenet |= {"fc.weight": torch.randn(1000, 2048), "fc.bias": torch.zeros(1000)}  # torchvision's classifier
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(imagenet, path)
+    out = tmp_path / "run"
+    args = ["train", "--head", "cnnspot", "--train", str(trees["train"]), "--val", str(trees["val"]), "--out", str(out),
+            "-q", "--epochs", "1", "--lr", "1e-9", "--imagenet-weights", str(path), "--set", "recipe.train_crop=32",
+            "--set", "recipe.test_crop=32", "--set", "recipe.train_resize=null", "--set", "recipe.batch_size=8",
+            "--set", "train.workers=0", "--set", "recipe.blur_prob=0", "--set", "recipe.jpeg_prob=0"]  # fmt: skip
+    assert main(args) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["init"]["method"] == "imagenet" and run["init"]["weights"] == str(path.resolve())
+    weights = _weights(out)
+    # lr 1e-9: the trunk is still the file's (up to Adam's first tiny step), the fc is not the file's 1000-way one
+    torch.testing.assert_close(weights["conv1.weight"], imagenet["conv1.weight"], atol=1e-6, rtol=0)
+    assert weights["fc.weight"].shape == (1, 2048)
+    det = tmp_path / "det"
+    assert main(["export", str(out), "--out", str(det)]) == 0
+    assert json.loads((det / "detector.json").read_text())["network"]["init"] == "imagenet"
