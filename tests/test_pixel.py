@@ -374,3 +374,28 @@ def test_cnnspot_starts_from_a_users_imagenet_file_and_every_record_says_so(tree
     det = tmp_path / "det"
     assert main(["export", str(out), "--out", str(det)]) == 0
     assert json.loads((det / "detector.json").read_text())["network"]["init"] == "imagenet"
+
+
+def test_newcomer_mistakes_get_clear_answers(trained, trees, tmp_path, capsys):
+    # the same test folder twice would count every image twice
+    assert main(["evaluate", str(trained), "--test", str(trees["test"]), str(trees["test"])]) == 2
+    assert "given twice" in capsys.readouterr().err
+    # two folders whose generator names collide can be named NAME=DIR
+    ev = tmp_path / "ev"
+    argv = ["evaluate", str(trained), "--test", f"a={trees['test']}", f"b={trees['val']}", "--out", str(ev), "-q"]
+    assert main(argv) == 0
+    assert set(pd.read_csv(ev / "metrics.csv")["generator"]) == {"a", "b", "mean"}
+    # a key of another network is a mistake when one network is trained
+    with pytest.raises(ConfigError, match="this run trains 'npr'"):
+        resolve_pixel_config("npr", overrides=["cnnspot.layers=[1, 1, 1, 1]"])
+    # a run folder given to detect: the error says how to make a detector of it
+    assert main(["detect", str(trained), str(trees["test"] / "real" / "000.png")]) == 2
+    assert "causalclip export" in capsys.readouterr().err
+    # held-out real photos alone are enough for a target false-positive rate
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["calibrate", str(run), "--val", str(trees["val"] / "real"), "--target-fpr", "0.2"]) == 0
+    rec = json.loads((run / "threshold.json").read_text())
+    assert rec["n_fake"] == 0 and rec["n_real"] == 10 and rec["source"] == str(trees["val"] / "real")

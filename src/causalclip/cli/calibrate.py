@@ -11,10 +11,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from ..pixel.folder import is_network_folder
 
     if is_network_folder(args.run):  # a network trained on images: --val is an image folder
-        from ..pixel.data import open_image_set
+        from ..images.layouts import LayoutError
+        from ..pixel.data import open_image_set, real_image_set
         from ..pixel.evaluate import calibrate_network_run
 
-        images = open_image_set(args.val, layout=args.layout or "folders", split=args.split)
+        try:
+            images = open_image_set(args.val, layout=args.layout or "folders", split=args.split)
+        except LayoutError:
+            if args.target_fpr is None or args.layout:
+                raise
+            images = real_image_set(args.val)  # held-out real photos only: enough for a target FPR
         rec = calibrate_network_run(args.run, images, target_fpr=args.target_fpr, device=args.device)
     else:
         if args.layout or args.split:

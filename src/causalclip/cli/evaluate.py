@@ -22,13 +22,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from ..pixel.data import open_image_set
         from ..pixel.evaluate import evaluate_images
 
-        sets = [open_image_set(t, layout=args.layout or "folders", split=args.split) for t in args.test]
+        sets = []
+        for item in args.test:  # NAME=DIR names the generator of a folder (default: the folder's name)
+            name, sep, path = item.partition("=")
+            path, name = (path, name) if sep and name and path else (item, None)
+            sets.append(open_image_set(path, layout=args.layout or "folders", split=args.split, generator=name))
         res = evaluate_images(args.run, sets, workers=args.workers, **common)
     else:
         if args.layout or args.split:
             raise ValueError(f"{args.run}: --layout/--split apply to networks trained on images; this is a head")
         res = evaluate(args.run, args.test, **common)
-    for note in res.notes:
+    for note in res.notes if not args.quiet else ():
         print(f"note: {note}", file=sys.stderr)
     print(format_table(res.metrics))
     if args.out:
@@ -42,7 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="per-generator AP/ACC of a trained head", description="Evaluate a run.")
     e.add_argument("run", metavar="RUN", help="run or detector folder (config.json + model.safetensors)")
     e.add_argument(
-        "--test", nargs="+", required=True, metavar="DIR", help="test feature set(s); image folders for a network"
+        "--test",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="test feature set(s); for a network, image folders (NAME=DIR names the generator)",
     )
     e.add_argument("--layout", help="networks: how the --test folders are organised (default folders)")
     e.add_argument("--split", help="networks: the split of --test to read, where the layout has splits")
@@ -52,4 +60,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-per-class", type=int, help="cap per class and generator (UnivFD: 1000)")
     e.add_argument("--seed", type=int, default=0, help="seed of the balanced sampling")
     e.add_argument("--device", default="cpu")
+    e.add_argument("-q", "--quiet", action="store_true", help="no notes on stderr")
     e.set_defaults(func=_cmd_evaluate)

@@ -10,6 +10,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..pixel.folder import is_network_folder
 
     if is_network_folder(args.run):  # a network trained on images carries its own preprocessing
+        if args.features:
+            raise ValueError(f"{args.run}: a network's detector needs no --features (it brings its own preprocessing)")
         out = write_network_detector(args.out, source=args.run, threshold=args.threshold, overwrite=args.overwrite)
         det = read_detector(out)
         print(

@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return 0
     except KeyboardInterrupt:
-        again = " (completed shards and runs are kept: run the same command again to go on)"
+        again = " (completed shards, epochs and runs are kept: run the same command again to go on)"
         print(f"causalclip {args.command}: interrupted{again}", file=sys.stderr)
         return 130
 

@@ -110,13 +110,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     engine = app.state.engine
     auth = "API key required on /v1/" if api_key else "no authentication"
     print(
-        f"causalclip serve: {engine.describe()['head']} head on {engine.describe()['backbone']}, threshold "
+        f"causalclip serve: {_what(engine.describe())}, threshold "
         f"{engine.threshold:.6g}; page http://{args.host}:{args.port}/ , API docs http://{args.host}:{args.port}/docs"
         f"; {auth}; at most {args.max_queued_images} images queued, deadline {args.deadline:g} s",
         file=sys.stderr,
     )
     run_server(app, host=args.host, port=args.port, log_level=args.log_level, grace_s=args.shutdown_grace)
     return 0
+
+
+def _what(d: dict) -> str:
+    if d.get("kind") == "network":
+        return f"{d['head']} network on {d['preprocessing']['size']}-px crops"
+    return f"{d['head']} head on {d['backbone']}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

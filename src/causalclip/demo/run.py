@@ -627,7 +627,7 @@ def _train_networks(cfg: DemoConfig, out: Path, runs: dict) -> list[dict[str, An
                     "train.seed": seed,
                     **{f"{net}.{k}": v for k, v in network_architecture(net, tile).items()},
                 }
-                rc = resolve_pixel_config(net, overrides=overrides)
+                rc = resolve_pixel_config(net, overrides=overrides)  # only this network's keys
                 t_run = time.perf_counter()
                 with _quiet_training():
                     res = train_network(

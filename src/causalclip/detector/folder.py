@@ -293,8 +293,14 @@ def read_detector(folder: str | os.PathLike[str], *, device: str = "cpu") -> Det
         )
     for name in (DETECTOR_NAME, CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
+            hint = (
+                f"; {folder} looks like a run folder: make a detector of it with `causalclip export {folder} --out DIR`"
+                if name == DETECTOR_NAME and (folder / CONFIG_NAME).is_file()
+                else ""
+            )
             raise DetectorError(
                 f"{folder / name}: missing (a detector folder holds {DETECTOR_NAME}, {CONFIG_NAME}, {WEIGHTS_NAME})"
+                + hint
             )
     path = folder / DETECTOR_NAME
     info = read_json(path, DetectorError)

@@ -541,7 +541,7 @@ def _run_networks(
             extra = [f"train.seed={seed}"] + (
                 [f"train.device={json.dumps(cache.options.device)}"] if cache.options.device else []
             )
-            rc = resolve_pixel_config(net, overrides=[*overrides, *extra])
+            rc = resolve_pixel_config(net, overrides=[*overrides, *extra], other_methods=True)
             label = HEAD_METHODS.get(net, net)
             if NETWORKS[net].init == "imagenet" and not rc.train.imagenet_weights:
                 label += " (scratch)"  # the authors start from ImageNet weights; this row does not

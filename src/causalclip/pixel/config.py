@@ -87,14 +87,16 @@ def resolve_pixel_config(
     *,
     config_file: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] | dict[str, Any] = (),
+    other_methods: bool = False,
 ) -> PixelRunConfig:
     """Layer the method's defaults <- config file <- overrides into a :class:`PixelRunConfig`.
 
     A config file (JSON or TOML) has sections ``recipe`` (Recipe keys: batch_size, lr, epochs, train_crop, ...),
     ``train`` (PixelLoopConfig keys) and one per method name (its architecture config); sections of other methods
     and of heads are ignored, so one file can serve several methods. Overrides are ``key=value``:
-    ``recipe.lr=1e-4``, ``train.workers=4``, ``npr.layers=[1, 1]``, or a bare key of any of the three; keys of other
-    methods (``cnnspot.stem_width=8`` when resolving npr) are ignored, so one list can serve several methods.
+    ``recipe.lr=1e-4``, ``train.workers=4``, ``npr.layers=[1, 1]``, or a bare key of any of the three. A key of
+    another method (``cnnspot.stem_width=8`` when resolving npr) is an error, or with ``other_methods`` skipped, so
+    that one list can serve several methods (``experiment --network-set``).
     """
     spec = get_network_method(method)
     sections: dict[str, dict[str, Any]] = {"recipe": {}, "train": {}, method: {}}
@@ -113,8 +115,10 @@ def resolve_pixel_config(
         if len(parts) == 2 and parts[0] in sections:
             sections[parts[0]][parts[1]] = value
             continue
-        if len(parts) == 2 and parts[0] in NETWORKS:  # another method's key: one list of overrides serves several
+        if len(parts) == 2 and parts[0] in NETWORKS and other_methods:  # one override list serving several methods
             continue
+        if len(parts) == 2 and parts[0] in NETWORKS:
+            raise ConfigError(f"override {'.'.join(parts)!r}: a key of {parts[0]!r}, but this run trains {method!r}")
         owners = [k for k in sections if len(parts) == 1 and parts[0] in fields[k]]
         if len(owners) != 1:
             raise ConfigError(

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..images.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
-from ..images.layouts import LayoutResult, list_samples
+from ..images.layouts import IMAGE_EXTENSIONS, LABEL_FOLDERS, LayoutError, LayoutResult, list_samples
 from ..images.transforms import Augmentation, Preprocessing, normalise_lut
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "TrainTransform",
     "batch_order",
     "image_set_from_listing",
+    "real_image_set",
     "iterate_batches",
     "open_image_set",
 ]
@@ -71,7 +72,25 @@ def open_image_set(
     """List the images of a data set with one of the extraction layouts (docs/guides/layouts.md)."""
     res = list_samples(root, layout, split=split, generator=generator, max_per_class=max_per_class, seed=seed)
     desc = {"layout": layout, "split": split, "generator": generator, "max_per_class": max_per_class}
-    return image_set_from_listing(res, desc)
+    out = image_set_from_listing(res, desc)
+    out.root = Path(root)  # a manifest's listing root is its folder; errors and records name the file given
+    out.description["root"] = str(Path(root).resolve())
+    return out
+
+
+def real_image_set(root: str | os.PathLike[str]) -> ImageSet:
+    """Every image file under ``root`` (or under its ``real/``, ``0_real/`` or ``nature/`` folder when it has one and
+    no fakes beside it), labelled real: a set of held-out real photos for a false-positive-rate threshold."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: folder not found")
+    folder = next((root / r for r, _f in LABEL_FOLDERS if (root / r).is_dir()), root)
+    paths = sorted(str(p.resolve()) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise LayoutError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    samples = pd.DataFrame({"path": paths, "label": np.zeros(len(paths), dtype=np.int64), "generator": root.name})
+    desc = {"root": str(root.resolve()), "layout": "real images", "n": len(paths), "n_fake": 0}
+    return ImageSet(root=root, samples=samples, description=desc)
 
 
 def image_set_from_listing(listing: LayoutResult, description: dict[str, Any] | None = None) -> ImageSet:

@@ -48,6 +48,10 @@ def evaluate_images(
     prep = loaded.preprocessing
     parts, notes, errors = [], [], []
     owner: dict[str, Path] = {}
+    keys = [(str(Path(s.root).resolve()), s.description.get("split")) for s in test_sets]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"{twice[0][0]}: given twice as a test set; each of its images would be counted twice")
     for s in test_sets:
         if len(s) == 0:
             raise MetricsError(f"{s.root}: the test set has no images")

@@ -230,7 +230,7 @@ def _check_out(out: Path, info: dict[str, Any], overwrite: bool, d: _Dist) -> di
     diff = [k for k in _identity(info) if _canon(_identity(started).get(k)) != _canon(_identity(info)[k])]
     if diff:
         raise ValueError(
-            f"{state_path}: a checkpoint of a run started differently ({', '.join(diff)} differ from run.json); "
+            f"{state_path}: a checkpoint of a run started differently (not as in run.json: {', '.join(diff)}); "
             "resume with the same command, or pass --overwrite to start again"
         )
     try:
