@@ -48,7 +48,9 @@ def evaluate_images(
     prep = loaded.preprocessing
     parts, notes, errors = [], [], []
     owner: dict[str, Path] = {}
-    keys = [(str(Path(s.root).resolve()), s.description.get("split")) for s in test_sets]
+    keys = [
+        (str(Path(s.root).resolve()), s.description.get("split"), tuple(sorted(set(s.generators)))) for s in test_sets
+    ]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
         raise ValueError(f"{twice[0][0]}: given twice as a test set; each of its images would be counted twice")
