@@ -18,7 +18,7 @@ def _need(name: str):
 
 _need("transformers")
 _need("fastapi")
-_need("multipart")
+_need("python_multipart")
 _need("httpx")
 import schemathesis  # noqa: E402  (the dev extra: never skipped)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
