@@ -19,7 +19,7 @@ validation set, test AP = mean over the remaining families, with the demo's own 
 selection score, test AP, and the fresh probe's and the adversary's accuracy on Znc of the saved model. The default
 is judged on the test AP difference against min_epochs = 1 beyond seed spread (paired by seed), and on whether the
 saved model has emptied Znc. Outputs in --out: runs.csv, summary.csv, report.md (with the command, UTC date,
-code revision and machine). docs/reports/sensitivity.md#min-epochs reports a run.
+code revision and machine). docs/reports/sensitivity.md#minimum-epochs-before-selection reports a run.
 """
 
 from __future__ import annotations
