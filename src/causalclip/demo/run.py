@@ -414,9 +414,9 @@ def _networks_note(cfg: DemoConfig) -> tuple[str, ...]:
         return ()
     names = ", ".join(HEAD_LABELS.get(n, n) for n in cfg.networks)
     return (
-        f"{names}: trained on the tiles' pixels "
-        + (f"(at most {cfg.network_images_per_class} per class and family), " if cfg.network_images_per_class else "")
-        + "narrow versions of the authors' networks (one block per stage, a quarter of the width), from scratch; "
+        f"{names}: trained on the tiles' pixels"
+        + (f" (at most {cfg.network_images_per_class} per class and family)" if cfg.network_images_per_class else "")
+        + ": narrow versions of the authors' networks (one block per stage, a quarter of the width), from scratch; "
         "the heads above them score weight-free forensic features.",
     )
 
