@@ -372,3 +372,16 @@ def test_leave_one_out_needs_two_generators_and_names_the_folder(setup, first_ru
     err = capsys.readouterr().err
     assert "no class ['cat'] to leave out" in err and "['airplane', 'bird']" in err
     assert "CNNDetection/train" in err  # the training folder
+
+
+def test_leave_one_out_needs_feature_heads(setup, tmp_path):
+    from causalclip.paper.presets import resolve_preset
+
+    root, roots = setup
+    preset = resolve_preset("progan", roots)
+    cache = experiment.FeatureCache(tmp_path / "f", experiment.ExtractOptions(backbone=str(root / "clip")))
+    with pytest.raises(ValueError, match="leave-one-out trains the feature heads"):
+        experiment.run_experiment(
+            preset, tmp_path / "o", cache=cache, heads=(), networks=("npr",), protocol="leave-one-out"
+        )
+    assert not (tmp_path / "o").exists()

@@ -695,6 +695,8 @@ def run_experiment(
         raise ValueError(f"unknown protocol {protocol!r}; available: {list(PROTOCOLS)}")
     if leave_out is not None and protocol != "leave-one-out":
         raise ValueError("leave_out (--leave-out) applies to protocol leave-one-out only")
+    if protocol == "leave-one-out" and not heads:
+        raise ValueError("leave-one-out trains the feature heads (--heads); networks are not trained per fold")
     plan = _plan_leave_one_out(preset, cache, leave_out) if protocol == "leave-one-out" else None
     specs = [RunSpec(f"{h}-seed{s}", h, int(s), HEAD_METHODS.get(h, h)) for h in heads for s in seeds]
     out.mkdir(parents=True, exist_ok=True)
@@ -779,7 +781,7 @@ def run_experiment(
             cache,
             heads=heads,
             seeds=seeds,
-            standard=long,
+            standard=long[long["head"].isin(heads)],  # the networks have no folds to compare with
             config_file=config_file,
             overrides=overrides,
             retrain=retrain,
