@@ -35,8 +35,8 @@ class CausalCLIPConfig:
     # estimator bias: docs/method.md#known-limitations-of-the-defaults); "nhsic" = normalised unbiased HSIC, in
     # [0, 1] whatever the features' scale or dimension, so lambda2 weighs it against L_cls directly.
     independence: Literal["hsic", "nhsic"] = "nhsic"
-    # Adversarial weight (Eq. 13). 0.5 rather than 0.1: on the SCM benchmark's validation set it raised AP and
-    # ACC and took the adversary's held-out accuracy on Znc from 0.98 to 0.51 (docs/reports/scm-benchmark.md).
+    # Adversarial weight (Eq. 13); the paper gives no value. The sensitivity study over orders of magnitude, on
+    # validation generators never tested, found nothing better beyond seed spread (docs/reports/sensitivity.md).
     alpha: float = 0.5
     beta: float = 1.0  # counterfactual KL weight (Eq. 13)
     p: float = 0.1  # Bernoulli drop probability of the counterfactual intervention (Eq. 11)
