@@ -89,7 +89,7 @@ def test_demo_runs_the_protocol_end_to_end(tiny_demo, capsys):
             assert row["ap"] == pytest.approx(average_precision_score(p["label"], p["score"]), abs=1e-6)
     md = (out / "results.md").read_text()
     assert "| CausalCLIP |" in md and "| VIB-Net |" in md and "tconv-gan (train)" in md
-    assert "| NPR |" in md and "| CNNSpot (scratch) |" in md and "tiles' pixels: narrow versions" in md
+    assert "| NPR |" in md and "| CNNSpot (scratch) |" in md and "narrow versions of the authors' networks" in md
     # the networks are tested on the very tiles whose features the heads are tested on
     for fam in TRAIN_ON:
         heads_pred = pd.read_csv(out / "eval" / fam / "univfd-seed0" / "predictions.csv")
