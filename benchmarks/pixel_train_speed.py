@@ -67,11 +67,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from causalclip.core.io import write_text
 from causalclip.demo.build import BUILD_SIZES
 from causalclip.demo.run import DEFAULT_NETWORK_TRAIN, DEMO_NETWORKS, network_architecture
-from causalclip.images.transforms import Augmentation
 from causalclip.networks.registry import NETWORKS, Recipe, build_network, get_network_method
 from causalclip.pixel.config import resolve_pixel_config
 from causalclip.pixel.data import TrainTransform, batch_order, iterate_batches, open_image_set
-from causalclip.pixel.loop import train_network
+from causalclip.pixel.loop import train_network, train_transform
 
 # Issue 14's methods. Fusing and LGrad (registered later) are not timed by default: Fusing runs a ResNet-50 on the
 # global view and six patches (seven passes per image), LGrad's forward needs the StyleGAN discriminator's file.
@@ -438,24 +437,7 @@ def loop_overrides(case: LoopCase, workers: int, seed: int) -> dict[str, Any]:
 
 def recipe_transform(r: Recipe) -> TrainTransform:
     """The training transform train_network builds from a recipe (resize, blur/JPEG, crop, flip, normalise)."""
-    aug = None
-    if r.blur_prob > 0 or r.jpeg_prob > 0:
-        aug = Augmentation(
-            blur_prob=r.blur_prob,
-            blur_sigma=tuple(r.blur_sigma),
-            jpeg_prob=r.jpeg_prob,
-            jpeg_quality=tuple(r.jpeg_quality),
-        )
-    return TrainTransform(
-        crop=r.train_crop,
-        mean=tuple(r.mean),
-        std=tuple(r.std),
-        flip=r.flip,
-        resize=r.train_resize,
-        resize_mode=r.train_resize_mode,
-        crop_mode=r.train_crop_mode,
-        augmentation=aug,
-    )
+    return train_transform(r)
 
 
 def data_rate(case: LoopCase, train_root: Path, seed: int) -> float:

@@ -18,7 +18,7 @@ from ..metrics.binary import balanced_indices, per_generator_metrics
 from ..metrics.errors import MetricsError
 from ..metrics.thresholds import stored_threshold
 
-__all__ = ["EvalResult", "check_compatible", "evaluate", "format_table"]
+__all__ = ["EvalResult", "EvaluationSets", "check_compatible", "evaluate", "format_table"]
 
 
 @dataclass
@@ -29,6 +29,59 @@ class EvalResult:
     predictions: pd.DataFrame  # path, generator, label, score
     notes: list[str]
     calibration: dict | None = None  # the run's threshold.json (or detector.json record) used, if any
+
+
+class EvaluationSets:
+    """The bookkeeping every evaluation shares, whatever scores the samples (a head on features, a network on
+    images): one owner per generator name, the protocol's balanced seeded sampling with a note, and at the end the
+    per-generator metrics and the written files."""
+
+    def __init__(self, *, balance: bool, max_per_class: int | None, seed: int, unit: str = "samples") -> None:
+        self.balance, self.max_per_class, self.seed, self.unit = balance, max_per_class, seed, unit
+        self.owner: dict[str, Path] = {}
+        self.parts: list[pd.DataFrame] = []
+        self.notes: list[str] = []
+
+    def positions(self, root: Path, labels: np.ndarray, generators: np.ndarray) -> np.ndarray:
+        """Claim the set's generator names (the same name in two sets is an error) and choose its test rows."""
+        for g in pd.unique(generators):
+            if g in self.owner and self.owner[g] != root:
+                raise ValueError(f"generator {g!r} appears in both {self.owner[g]} and {root}; rename one of them")
+            self.owner[g] = root
+        if not self.balance:
+            return np.arange(len(labels))
+        idx = balanced_indices(labels, generators, seed=self.seed, max_per_class=self.max_per_class)
+        if len(idx) < len(labels):
+            self.notes.append(
+                f"{root}: balanced by seeded sampling to {len(idx)} of {len(labels)} {self.unit} (seed {self.seed})"
+            )
+        return idx
+
+    def add(self, paths: np.ndarray, generators: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> None:
+        self.parts.append(pd.DataFrame({"path": paths, "generator": generators, "label": labels, "score": scores}))
+
+    def result(
+        self,
+        *,
+        threshold: float,
+        calibration: dict | None,
+        out: str | os.PathLike[str] | None,
+        extra: Sequence[tuple[str, pd.DataFrame]] = (),
+    ) -> EvalResult:
+        """Per-generator metrics of everything added; with ``out``, metrics.csv, predictions.csv and ``extra``."""
+        predictions = pd.concat(self.parts, ignore_index=True)
+        metrics = per_generator_metrics(
+            predictions,
+            threshold=threshold,
+            calibrated_threshold=None if calibration is None else float(calibration["threshold"]),
+            sources={g: str(root) for g, root in self.owner.items()},
+        )
+        if out is not None:
+            out = Path(out)
+            out.mkdir(parents=True, exist_ok=True)
+            for name, df in (("metrics.csv", metrics), ("predictions.csv", predictions), *extra):
+                atomic_write(out / name, lambda p, df=df: df.to_csv(p, index=False))
+        return EvalResult(metrics=metrics, predictions=predictions, notes=self.notes, calibration=calibration)
 
 
 def check_compatible(info: dict, fs: FeatureSet, run: Path) -> None:
@@ -70,41 +123,16 @@ def evaluate(
     run = Path(run)
     calibration = stored_threshold(run)
     loaded = load_head(run, device=device)
-    parts, notes = [], []
-    owner: dict[str, Path] = {}
+    sets = EvaluationSets(balance=balance, max_per_class=max_per_class, seed=seed)
     for ts in test_sets:
         fs = ts if isinstance(ts, FeatureSet) else open_feature_set(ts)
         check_compatible(loaded.info, fs, run)
         if len(fs) == 0:
             raise MetricsError(f"{fs.root}: the test set has no samples")
         gens = fs.generators
-        for g in pd.unique(gens):
-            if g in owner and owner[g] != fs.root:
-                raise ValueError(f"generator {g!r} appears in both {owner[g]} and {fs.root}; rename one of them")
-            owner[g] = fs.root
-        if balance:
-            idx = balanced_indices(fs.labels, gens, seed=seed, max_per_class=max_per_class)
-            if len(idx) < len(fs):
-                notes.append(f"{fs.root}: balanced by seeded sampling to {len(idx)} of {len(fs)} samples (seed {seed})")
-        else:
-            idx = np.arange(len(fs))
-        scores = predict(loaded.head, fs, indices=idx, device=device)
-        parts.append(
-            pd.DataFrame({"path": fs.paths[idx], "generator": gens[idx], "label": fs.labels[idx], "score": scores})
-        )
-    predictions = pd.concat(parts, ignore_index=True)
-    metrics = per_generator_metrics(
-        predictions,
-        threshold=threshold,
-        calibrated_threshold=None if calibration is None else float(calibration["threshold"]),
-        sources={g: str(root) for g, root in owner.items()},
-    )
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, df in (("metrics.csv", metrics), ("predictions.csv", predictions)):
-            atomic_write(out / name, lambda p, df=df: df.to_csv(p, index=False))
-    return EvalResult(metrics=metrics, predictions=predictions, notes=notes, calibration=calibration)
+        idx = sets.positions(fs.root, fs.labels, gens)
+        sets.add(fs.paths[idx], gens[idx], fs.labels[idx], predict(loaded.head, fs, indices=idx, device=device))
+    return sets.result(threshold=threshold, calibration=calibration, out=out)
 
 
 def format_table(metrics: pd.DataFrame) -> str:

@@ -22,7 +22,7 @@ from ..core.io import atomic_write, read_json
 from .base import Head
 from .registry import build_head
 
-__all__ = ["CheckpointError", "LoadedHead", "load_head", "save_head"]
+__all__ = ["CheckpointError", "LoadedHead", "load_head", "read_saved_folder", "read_weights", "save_head"]
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -65,8 +65,10 @@ def save_head(folder: str | os.PathLike[str], head: Head, *, threshold: float = 
     return folder
 
 
-def load_head(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedHead:
-    """Load a head saved by :func:`save_head` (a training run folder is one), in eval mode."""
+def read_saved_folder(folder: str | os.PathLike[str], *, advice: str) -> tuple[Path, Path, dict[str, Any]]:
+    """The checks every saved model folder (a head's or a network's) gets before anything is built: a directory,
+    no pickle-based file in it (``advice`` says what to do instead), config.json and model.safetensors present,
+    config.json an object of a format version this causalclip reads. Returns (config path, weights path, config)."""
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not folder.is_dir():
@@ -77,8 +79,7 @@ def load_head(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedH
     if unsafe:
         raise CheckpointError(
             f"{folder}: holds pickle-based files ({', '.join(unsafe)}); refusing to load from it because pickle "
-            f"files can run arbitrary code. Keep only {CONFIG_NAME} and {WEIGHTS_NAME} (convert in a trusted "
-            "environment)."
+            f"files can run arbitrary code. {advice}"
         )
     if not w_path.is_file():
         raise CheckpointError(f"{w_path}: missing")
@@ -87,23 +88,36 @@ def load_head(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedH
     info = read_json(cfg_path, CheckpointError)
     if not isinstance(info, dict):  # fuzzing found null, lists and numbers here
         raise CheckpointError(f"{cfg_path}: the top level must be an object, got {type(info).__name__}")
-    for key in ("head", "head_config", "dim"):
-        if key not in info:
-            raise CheckpointError(f"{cfg_path}: missing key {key!r}")
     version = info.get("format_version", FORMAT_VERSION)
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckpointError(f"{cfg_path}: format_version must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{cfg_path}: format_version {version} is newer than this causalclip")
+    return cfg_path, w_path, info
+
+
+def read_weights(path: Path, *, device: str = "cpu") -> dict[str, Any]:
+    """A safetensors state dict; anything else is refused (never a pickle-based reader)."""
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a valid safetensors file ({exc}); refusing to try other (pickle-based) readers"
+        ) from exc
+
+
+def load_head(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedHead:
+    """Load a head saved by :func:`save_head` (a training run folder is one), in eval mode."""
+    cfg_path, w_path, info = read_saved_folder(
+        folder, advice=f"Keep only {CONFIG_NAME} and {WEIGHTS_NAME} (convert in a trusted environment)."
+    )
+    for key in ("head", "head_config", "dim"):
+        if key not in info:
+            raise CheckpointError(f"{cfg_path}: missing key {key!r}")
     dim = info["dim"]
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise CheckpointError(f"{cfg_path}: 'dim' must be a positive integer, got {dim!r}")
-    try:  # the weights first: their size bounds the head that config.json may ask for
-        state = load_file(str(w_path), device=device)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{w_path}: not a valid safetensors file ({exc}); refusing to try other (pickle-based) readers"
-        ) from exc
+    state = read_weights(w_path, device=device)  # the weights first: their size bounds the head config.json asks for
     # Every head has at least one weight per input feature, so its weights hold at least dim values: a larger dim
     # is a damaged config, refused before it allocates a head of that size (fuzzing found 2**40).
     if sum(t.numel() for t in state.values()) < dim:

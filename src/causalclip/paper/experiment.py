@@ -471,27 +471,60 @@ def _run_all(
     sets = _clean_sets(preset, cache)
     outcomes = []
     for spec in specs:
-        run_dir = out / "runs" / spec.name
-        status = train_or_reuse(
-            spec,
-            train_set=sets.train,
-            val_set=sets.val,
-            run_dir=run_dir,
-            config_file=config_file,
-            overrides=overrides,
-            device=cache.options.device,
-            retrain=retrain,
-            progress=progress,
+        outcomes.append(
+            _train_and_evaluate(
+                spec,
+                out / "runs" / spec.name,
+                train_set=sets.train,
+                val_set=sets.val,
+                test=sets.test,
+                cache=cache,
+                config_file=config_file,
+                overrides=overrides,
+                retrain=retrain,
+                eval_max_per_class=eval_max_per_class,
+                progress=progress,
+            )
         )
-        res = evaluate(
-            run_dir,
-            [c.path for c in sets.test],
-            out=run_dir / "eval",
-            max_per_class=eval_max_per_class,
-            device=cache.options.device,
-        )
-        outcomes.append(RunOutcome(spec, run_dir, status, res.metrics))
     return outcomes, _long_table(outcomes)
+
+
+def _train_and_evaluate(
+    spec: RunSpec,
+    run_dir: Path,
+    *,
+    train_set: CachedSet | Path,
+    val_set: CachedSet | Path,
+    test: Sequence[CachedSet],
+    cache: FeatureCache,
+    config_file: str | os.PathLike[str] | None,
+    overrides: Sequence[str],
+    retrain: bool,
+    eval_max_per_class: int | None,
+    progress: bool,
+    heldout_sets: Sequence[CachedSet | Path] = (),
+) -> RunOutcome:
+    """One head run of an experiment: trained (or reused) into ``run_dir``, evaluated on ``test`` into its eval/."""
+    status = train_or_reuse(
+        spec,
+        train_set=train_set,
+        val_set=val_set,
+        heldout_sets=heldout_sets,
+        run_dir=run_dir,
+        config_file=config_file,
+        overrides=overrides,
+        device=cache.options.device,
+        retrain=retrain,
+        progress=progress,
+    )
+    res = evaluate(
+        run_dir,
+        [c.path for c in test],
+        out=run_dir / "eval",
+        max_per_class=eval_max_per_class,
+        device=cache.options.device,
+    )
+    return RunOutcome(spec, run_dir, status, res.metrics)
 
 
 def _network_identity(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -962,29 +995,24 @@ def _run_leave_one_out(
                 spec = RunSpec(f"{h}-seed{s}-without-{_safe(g)}", h, int(s), HEAD_METHODS.get(h, h))
                 run_dir = out / "runs" / spec.name
                 tr, va, held = sets[g]
-                status = train_or_reuse(
+                outcome = _train_and_evaluate(
                     spec,
+                    run_dir,
                     train_set=tr,
                     val_set=va,
                     heldout_sets=[held],
-                    run_dir=run_dir,
+                    test=common.test,
+                    cache=cache,
                     config_file=config_file,
                     overrides=overrides,
-                    device=cache.options.device,
                     retrain=retrain,
+                    eval_max_per_class=eval_max_per_class,
                     progress=progress,
                 )
-                res = evaluate(
-                    run_dir,
-                    [c.path for c in common.test],
-                    out=run_dir / "eval",
-                    max_per_class=eval_max_per_class,
-                    device=cache.options.device,
-                )
-                outcomes.append(RunOutcome(spec, run_dir, status, res.metrics))
+                outcomes.append(outcome)
                 left_out_of.append(g)
                 summary = _read_json(run_dir / "summary.json") or {}
-                m = res.metrics[res.metrics["generator"] != "mean"]
+                m = outcome.metrics[outcome.metrics["generator"] != "mean"]
                 fold_rows.append(
                     {
                         "method": spec.method,

@@ -8,12 +8,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ..core.io import atomic_write
-from ..evaluation.evaluate import EvalResult
-from ..metrics.binary import balanced_indices, per_generator_metrics
+from ..evaluation.evaluate import EvalResult, EvaluationSets
 from ..metrics.errors import MetricsError
 from ..metrics.thresholds import calibration_record, stored_threshold, write_threshold
 from .data import ImageSet
@@ -46,8 +43,8 @@ def evaluate_images(
     loaded = load_network(run, device=device)
     network, _ = raw_image_network(loaded.method, loaded.network)  # test sets are images, whatever it trained on
     prep = loaded.preprocessing
-    parts, notes, errors = [], [], []
-    owner: dict[str, Path] = {}
+    sets = EvaluationSets(balance=balance, max_per_class=max_per_class, seed=seed, unit="images")
+    errors = []
     keys = [
         (str(Path(s.root).resolve()), s.description.get("split"), tuple(sorted(set(s.generators)))) for s in test_sets
     ]
@@ -58,42 +55,15 @@ def evaluate_images(
         if len(s) == 0:
             raise MetricsError(f"{s.root}: the test set has no images")
         gens = s.generators
-        for g in pd.unique(gens):
-            if g in owner and owner[g] != s.root:
-                raise ValueError(f"generator {g!r} appears in both {owner[g]} and {s.root}; rename one of them")
-            owner[g] = s.root
-        if balance:
-            idx = balanced_indices(s.labels, gens, seed=seed, max_per_class=max_per_class)
-            if len(idx) < len(s):
-                notes.append(f"{s.root}: balanced by seeded sampling to {len(idx)} of {len(s)} images (seed {seed})")
-        else:
-            idx = np.arange(len(s))
+        idx = sets.positions(s.root, s.labels, gens)
         res = predict_images(network, s, prep, indices=idx, batch_size=batch_size, workers=workers, device=device)
         errors += [(str(s.paths[i]), reason) for i, reason in res.errors]
         if res.errors:
-            notes.append(f"{s.root}: {len(res.errors)} image(s) could not be used (errors.csv)")
+            sets.notes.append(f"{s.root}: {len(res.errors)} image(s) could not be used (errors.csv)")
         p = res.positions
-        parts.append(
-            pd.DataFrame({"path": s.paths[p], "generator": gens[p], "label": s.labels[p], "score": res.scores})
-        )
-    predictions = pd.concat(parts, ignore_index=True)
-    metrics = per_generator_metrics(
-        predictions,
-        threshold=threshold,
-        calibrated_threshold=None if calibration is None else float(calibration["threshold"]),
-        sources={g: str(root) for g, root in owner.items()},
-    )
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        frames = (
-            ("metrics.csv", metrics),
-            ("predictions.csv", predictions),
-            ("errors.csv", pd.DataFrame(errors, columns=["path", "reason"])),
-        )
-        for name, df in frames:
-            atomic_write(out / name, lambda p, df=df: df.to_csv(p, index=False))
-    return EvalResult(metrics=metrics, predictions=predictions, notes=notes, calibration=calibration)
+        sets.add(s.paths[p], gens[p], s.labels[p], res.scores)
+    errors_frame = pd.DataFrame(errors, columns=["path", "reason"])
+    return sets.result(threshold=threshold, calibration=calibration, out=out, extra=[("errors.csv", errors_frame)])
 
 
 def calibrate_network_run(

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..core.config import ConfigError, config_to_dict
 from ..core.io import atomic_write, read_json
-from ..heads.checkpoint import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, CheckpointError
+from ..heads.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_saved_folder, read_weights
 from ..images.transforms import Preprocessing
 from ..networks.registry import build_network, get_network_method
 
@@ -99,39 +98,21 @@ def is_network_folder(folder: str | os.PathLike[str]) -> bool:
 
 def load_network(folder: str | os.PathLike[str], *, device: str = "cpu") -> LoadedNetwork:
     """Load a network saved by :func:`save_network` (a run, detector or imported-checkpoint folder), in eval mode."""
-    folder = Path(folder)
-    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a directory (expected a run or detector folder)")
-    unsafe = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-    if unsafe:
-        raise CheckpointError(
-            f"{folder}: holds pickle-based files ({', '.join(unsafe)}); refusing to load from it because pickle "
-            f"files can run arbitrary code. Import an authors' checkpoint with `causalclip import-checkpoint`."
-        )
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise CheckpointError(f"{p}: missing")
-    info = read_json(cfg_path, CheckpointError)
-    if not isinstance(info, dict) or info.get("kind") != "network":
+    cfg_path, w_path, info = read_saved_folder(
+        folder, advice="Import an authors' checkpoint with `causalclip import-checkpoint`."
+    )
+    if info.get("kind") != "network":
         raise CheckpointError(f'{cfg_path}: not a network\'s config (no "kind": "network")')
     for key in ("network", "network_config", "preprocessing"):
         if key not in info:
             raise CheckpointError(f"{cfg_path}: missing key {key!r}")
-    if info.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path}: format_version {info['format_version']} is newer than this causalclip")
     try:
         get_network_method(info["network"])
         network = build_network(info["network"], info["network_config"])
         Preprocessing.from_dict(info["preprocessing"])
     except (KeyError, ValueError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{cfg_path}: {exc}") from exc
-    try:
-        state = load_file(str(w_path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{w_path}: not a valid safetensors file ({exc}); refusing to try other (pickle-based) readers"
-        ) from exc
+    state = read_weights(w_path)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -18,6 +18,7 @@ SIGKILL). It is read back with ``torch.load(weights_only=True)`` and removed whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,14 +43,14 @@ from ..core.revision import code_revision
 from ..images.transforms import Augmentation, Preprocessing
 from ..metrics.binary import balanced_indices, binary_metrics
 from ..metrics.thresholds import calibration_record, write_threshold
-from ..networks.registry import build_network, get_network_method
+from ..networks.registry import Recipe, build_network, get_network_method
 from ..training.selection import EpochSelector
 from .config import PixelRunConfig, resolve_pixel_config
 from .data import ImageSet, TrainTransform, batch_order, iterate_batches
 from .folder import save_network
 from .predict import predict_images
 
-__all__ = ["PixelTrainResult", "train_network"]
+__all__ = ["PixelTrainResult", "test_preprocessing", "train_network", "train_transform"]
 
 log = logging.getLogger("causalclip")
 
@@ -142,8 +143,8 @@ def _epoch_lr(rc: PixelRunConfig, epoch: int, selector: EpochSelector) -> float:
     return selector.current_lr(r.lr * r.lr_step_gamma**steps)
 
 
-def _train_transform(rc: PixelRunConfig) -> TrainTransform:
-    r = rc.recipe
+def train_transform(r: Recipe) -> TrainTransform:
+    """A recipe's training transform: resize, blur/JPEG, crop, flip, normalise (pixel.data.TrainTransform)."""
     aug = None
     if r.blur_prob > 0 or r.jpeg_prob > 0:
         aug = Augmentation(
@@ -377,7 +378,7 @@ def train_network(
         )
         write_json(out / "run.json", run_info)
 
-    transform = _train_transform(rc)
+    transform = train_transform(rc.recipe)
     prep = test_preprocessing(rc)
     val_idx = _val_positions(val_set, cfg)
     held_idx = [_val_positions(h, cfg) for h in heldout_sets]
@@ -438,7 +439,7 @@ def train_network(
                     continue
                 x, y = chunk.x.to(device, non_blocking=True), chunk.y.to(device, non_blocking=True)
                 sync = m == cfg.grad_accum - 1 or not d.on
-                ctx = model.no_sync() if not sync else _nullcontext()
+                ctx = model.no_sync() if not sync else contextlib.nullcontext()
                 with ctx, torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss = loss_fn(model(x).float(), y)
                 if not torch.isfinite(loss):
@@ -493,14 +494,6 @@ def train_network(
         return PixelTrainResult(out, network, selector.best_epoch, selector.best_score, stop_reason,
                                 pd.DataFrame(history), _errors_frame(errors))  # fmt: skip
     return result
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _reduce_sum(loss_sum: float, seen: int, d: _Dist) -> tuple[float, int]:
