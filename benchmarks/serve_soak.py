@@ -9,7 +9,9 @@
 Reported per phase: latency p50/p95/p99 (all answers, and 200s alone), counts by status, connection failures, the
 offered and achieved rates; RSS over time. The targets (exit status 1 if one is missed): no 5xx other than 503, some
 503 under overload, RSS growth under 10% over the soak (median of its last tenth against its first tenth), and
-p95 latency under overload no worse than the server's deadline plus --slack seconds.
+p95 latency in every burst no worse than the server's deadline plus --slack seconds (default 0), and bursts that
+reached 95% of their target rate (else the load generator, on the same cores, was the bottleneck: make each request
+cost more, e.g. larger images with more crops, so that 5 x capacity is a rate it can offer).
 
 Without --detector it builds a detector in a temporary folder like benchmarks/serve_load.py does: a tiny CLIP saved
 like a real one (random weights, no download; the server's own overhead dominates), or --backbone SPEC. Everything
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-in-flight", type=int, default=256, help="the load generator's own bound on open requests")
     p.add_argument("--deadline", type=float, default=2.0, help="the server's --deadline (seconds)")
     p.add_argument("--max-queued-images", type=int, default=64, help="the server's --max-queued-images")
-    p.add_argument("--slack", type=float, default=0.5, help="seconds allowed above the deadline at p95 (client side)")
+    p.add_argument("--slack", type=float, default=0.0, help="seconds allowed above the deadline at p95 (client side)")
     p.add_argument("--image-size", default="512x384", help="WxH of the JPEGs sent")
     p.add_argument("--serve-args", default="", help="more arguments for `causalclip serve`")
     p.add_argument("--time-limit", type=float, default=3600, help="the whole run is stopped after this many seconds")
@@ -306,8 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         "no connection failures": all(ph["connection_failures"] == 0 for ph in phases),
         "503 under overload": args.bursts == 0 or over["n_503"] > 0,
         "RSS growth over the soak < 10%": rss["soak_growth_pct"] < 10,
-        "p95 under overload <= deadline + slack": args.bursts == 0
-        or (over["latency_ms_all"]["p95"] or 0) <= 1000 * (args.deadline + args.slack),
+        "p95 under overload <= deadline + slack, in every burst": all(
+            (b["latency_ms_all"]["p95"] or 0) <= 1000 * (args.deadline + args.slack) for b in result["bursts"]
+        ),
+        "bursts offered >= 95% of their target rate": all(
+            b["offered_rps"] >= 0.95 * b["target_rps"] for b in result["bursts"]
+        ),
         "server exit status 0 after SIGTERM": exit_status == 0,
     }
     report = {

@@ -124,7 +124,10 @@ def test_queue_bound_gives_503_with_retry_after_and_health_stays_answered(tiny, 
             assert health.status_code == 200 and health.json() == {"status": "ok"}
             ready = await c.get("/readyz")
             assert ready.status_code == 503 and int(ready.headers["retry-after"]) >= 1
-            assert ready.json() == {"status": "full", "queued_images": 3, "max_queued_images": 3}
+            body = ready.json()
+            assert {k: body[k] for k in ("status", "queued_images", "max_queued_images")} == {
+                "status": "full", "queued_images": 3, "max_queued_images": 3}  # fmt: skip
+            assert body["max_loop_lag_s"] == 15 and 0 <= body["loop_lag_s"] < 15
             assert not first.done() and not second.done()
             held.release.set()
             results = [await asyncio.wait_for(t, 20) for t in (first, second)]
@@ -297,3 +300,126 @@ def test_a_refused_request_has_its_small_body_discarded_not_parsed(engine):
     assert (n, status) == (3, 503) and int(headers[b"retry-after"]) >= 1
     n, status, _ = asyncio.run(call(3 * 2**20))
     assert (n, status) == (0, 503)
+
+
+def test_a_pass_is_not_started_for_a_request_it_would_answer_late(engine, monkeypatch):
+    """The deadline is when the answer is due: a request whose pass would end after it is dropped at once, not
+    scored late (before, a pass started just before the deadline answered after it)."""
+    real = engine._forward
+
+    def slow(pixels):  # 0.3 s per input, whatever the machine
+        time.sleep(0.3 * len(pixels))
+        return real(pixels)
+
+    monkeypatch.setattr(engine, "_forward", slow)
+    monkeypatch.setattr(engine, "predicted_pass_seconds", lambda n: 0.3 * n)
+    engine.batch_size = 1
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    due = time.monotonic() + 0.45  # one pass fits, two in a row do not
+    done, errors = {}, {}
+
+    def call(name):
+        try:
+            engine.probabilities(x, deadline=due)
+            done[name] = time.monotonic()
+        except DeadlineExceeded as exc:
+            errors[name] = (exc, time.monotonic())
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(done) == 1 and len(errors) == 1, (done, errors)
+    (exc, when) = next(iter(errors.values()))
+    assert "would not be answered by its deadline" in str(exc)
+    assert when < due  # refused as soon as the first pass ended, not when the deadline came
+    assert engine.passes == 1 and engine.dropped == 1
+
+
+def test_a_pass_does_not_take_a_job_that_would_make_another_late(engine, monkeypatch):
+    """Batching two queued jobs into one pass would answer the first after its deadline: they get a pass each."""
+    held = HeldPasses(engine, monkeypatch)
+    monkeypatch.setattr(engine, "predicted_pass_seconds", lambda n: 1.0 * n)
+    engine.batch_size = 2
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    out, errors = {}, {}
+
+    def call(name, **kw):
+        try:
+            out[name] = engine.probabilities(x, **kw)
+        except Exception as exc:  # noqa: BLE001 -- the test inspects it
+            errors[name] = exc
+
+    first = threading.Thread(target=call, args=("held",))
+    first.start()
+    assert held.entered.wait(10)
+    due = time.monotonic() + 1.5  # a pass of 1 input (1 s) fits before it, a pass of 2 does not
+    a = threading.Thread(target=call, args=("a",), kwargs={"deadline": due})
+    a.start()
+    _wait_until(lambda: engine.queued_inputs == 1)
+    b = threading.Thread(target=call, args=("b",))
+    b.start()
+    _wait_until(lambda: engine.queued_inputs == 2)
+    held.release.set()
+    for t in (first, a, b):
+        t.join(20)
+    assert not errors and set(out) == {"held", "a", "b"}
+    assert held.sizes == [1, 1, 1]  # without the check: [1, 2]
+
+
+def test_loop_lag_counts_a_blocked_loop_at_once():
+    """While the loop is blocked its timer cannot fire: current() reports how long it is overdue, not 0."""
+    from causalclip.serve.admission import LoopLag
+
+    lag = LoopLag(interval=0.02, window=0.5)
+
+    async def scenario():
+        lag.ensure_running()
+        await asyncio.sleep(0.1)
+        calm = lag.current()
+        time.sleep(0.4)  # the loop is blocked: the timer is overdue
+        blocked = lag.current()
+        await asyncio.sleep(0.05)  # the timer fires late and records the lag
+        after = lag.current()
+        await asyncio.sleep(0.7)  # older than the window
+        return calm, blocked, after, lag.current()
+
+    calm, blocked, after, later = asyncio.run(scenario())
+    assert calm < 0.2 and blocked >= 0.35 and after >= 0.35 and later < 0.2, (calm, blocked, after, later)
+
+
+def test_a_lagging_event_loop_refuses_before_parsing_and_counts_the_wait(tiny, engine):
+    """A request that reaches admission while the event loop runs more than half the deadline behind gets 503 at
+    once (readiness says "overloaded"); one admitted under a smaller lag has that lag counted into its deadline."""
+    app = create_app(engine, max_files=2, max_queued_images=4, deadline_s=1.0)
+    png = tiny["png"]
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as c:
+            assert (await c.get("/healthz")).status_code == 200  # starts the lag measurement
+            await asyncio.sleep(0.1)
+            ok = await c.post("/v1/detect", files=_files(1, png))
+            time.sleep(0.8)  # the event loop is blocked (as by a flood of connections to read) for 0.8 s
+            refused = await c.post("/v1/detect", files=_files(1, png))
+            ready = await c.get("/readyz")
+            await asyncio.sleep(0.7)  # the lag leaves the window
+            again = await c.post("/v1/detect", files=_files(1, png))
+            return ok, refused, ready, again
+
+    ok, refused, ready, again = asyncio.run(scenario())
+    assert ok.status_code == 200 and again.status_code == 200, (ok.text, again.text)
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert "overloaded" in refused.json()["detail"]
+    body = ready.json()
+    assert ready.status_code == 503 and body["status"] == "overloaded" and body["loop_lag_s"] > 0.5
+    assert body["max_loop_lag_s"] == 0.5
+    assert app.state.admission.pending == 0
+
+    # the lag a request met before admission is taken off its deadline
+    from causalclip.serve.admission import Admission
+
+    t0 = time.monotonic()
+    ticket = Admission(capacity=2).admit(1, waited=0.3)
+    assert t0 - 0.31 <= ticket.arrived <= time.monotonic() - 0.3

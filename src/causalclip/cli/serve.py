@@ -159,7 +159,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=DEFAULT_DEADLINE_S,
         metavar="S",
-        help="seconds from a request's arrival until it must be in a forward pass, else 503 (%(default)g)",
+        help="seconds from a request's arrival until its answer is due: a request that would be answered later "
+        "gets 503 instead, and while the server runs more than half of it behind new requests get 503 "
+        "(%(default)g)",
     )
     p.add_argument(
         "--shutdown-grace",

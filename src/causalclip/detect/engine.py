@@ -50,6 +50,8 @@ CROP_MODES = ("center", "grid")
 _PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # How often a waiting caller looks at its cancel event (the queue wait itself cannot be woken by it).
 _CANCEL_POLL_S = 0.05
+# Passes whose time per input predicts the next pass's (their median: one slow pass, e.g. the first, does not count).
+_PASS_HISTORY = 9
 
 
 # ------------------------------------------------------------------------------------------ backbone identity
@@ -208,7 +210,8 @@ def crop_boxes(height: int, width: int, size: int, max_crops: int) -> list[tuple
 
 
 class DeadlineExceeded(TimeoutError):
-    """A queued request was dropped unscored: its deadline passed before a forward pass took it."""
+    """A queued request was dropped unscored: its deadline passed before a forward pass took it, or the pass would
+    have answered it after its deadline."""
 
 
 class RequestCancelled(Exception):
@@ -218,7 +221,7 @@ class RequestCancelled(Exception):
 @dataclass(eq=False)  # identity, not array comparison: the queue removes a cancelled job by identity
 class _Job:
     pixels: np.ndarray
-    deadline: float | None = None  # time.monotonic() after which the job is dropped if no pass has taken it
+    deadline: float | None = None  # time.monotonic() by which the job must be answered, else it is dropped
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -296,6 +299,9 @@ class DetectionEngine:
         self._worker: threading.Thread | None = None
         self.passes = 0  # forward passes run (batches), for tests and monitoring
         self.dropped = 0  # queued requests dropped unscored (deadline passed or cancelled)
+        # Seconds per backbone input of the latest passes (inference thread only): predicts whether a pass would
+        # end after a queued job's deadline, see _run_queued.
+        self._pass_seconds: collections.deque[float] = collections.deque(maxlen=_PASS_HISTORY)
 
     # ---- describing
 
@@ -368,10 +374,14 @@ class DetectionEngine:
         server under load) share passes instead of queueing for one pass each; a larger request runs in chunks.
         One thread also keeps the backbone's working memory in one allocator arena instead of one per caller.
 
-        ``deadline`` (a ``time.monotonic()`` value) and ``cancel`` (set by another thread) drop the request from
-        the queue while no pass has taken it yet, raising :class:`DeadlineExceeded` or :class:`RequestCancelled`;
-        a request already in a pass finishes (a pass is not interrupted). A server uses them so that work nobody
-        waits for any more never costs a forward pass.
+        ``deadline`` (a ``time.monotonic()`` value by which the answer is wanted) and ``cancel`` (set by another
+        thread) drop the request from the queue while no pass has taken it yet, raising :class:`DeadlineExceeded`
+        or :class:`RequestCancelled`; a request already in a pass finishes (a pass is not interrupted). A pass is
+        not started for a request it would answer after its deadline: the median time per input of the latest
+        passes, times the pass's inputs, predicts when the pass ends (on a CPU a pass costs about its inputs
+        times one input's pass; where batching is cheaper, as on a GPU, the prediction errs late, towards scoring).
+        A server uses them so that work nobody waits for any more never costs a forward pass, and so that an
+        answer does not come later than the deadline its client was promised.
         """
         job = _Job(np.asarray(pixels, dtype=np.float32), deadline=deadline)
         with self._cond:
@@ -420,24 +430,46 @@ class DetectionEngine:
             with self._lock:
                 self._run_queued()
 
+    def predicted_pass_seconds(self, inputs: int) -> float:
+        """Seconds a pass over ``inputs`` backbone inputs is expected to take: the median time per input of the
+        latest passes times ``inputs`` (0 before the first pass)."""
+        history = list(self._pass_seconds)
+        return float(np.median(history)) * inputs if history else 0.0
+
     def _run_queued(self) -> None:
-        """Under ``_lock``: one pass over the oldest queued jobs that fit in a batch (at least one job)."""
+        """Under ``_lock``: one pass over the oldest queued jobs that fit in a batch (at least one job).
+
+        A job whose deadline has passed, or would pass before a pass over it alone ends, is dropped unscored; a
+        job that would make the pass end after the deadline of a job already in it waits for the next pass."""
         with self._cond:
-            jobs, n, now = [], 0, time.monotonic()
+            jobs, n, now, due = [], 0, time.monotonic(), math.inf
             while self._queue and (not jobs or n + len(self._queue[0].pixels) <= self.batch_size):
-                job = self._queue.popleft()
-                if job.deadline is not None and now >= job.deadline:  # nobody waits for it any more
+                job = self._queue[0]
+                ends = now + self.predicted_pass_seconds(n + len(job.pixels))
+                if job.deadline is not None and (now >= job.deadline or (not jobs and ends > job.deadline)):
+                    self._queue.popleft()  # nobody waits for it any more, or its answer would come too late
                     self.dropped += 1
-                    job.error = DeadlineExceeded("deadline passed while queued")
+                    job.error = DeadlineExceeded(
+                        "deadline passed while queued"
+                        if now >= job.deadline
+                        else "would not be answered by its "
+                        f"deadline (a pass takes about {self.predicted_pass_seconds(len(job.pixels)):.2f} s)"
+                    )
                     job.done.set()
                     continue
+                if ends > min(due, job.deadline if job.deadline is not None else math.inf):
+                    break  # with it, this pass would answer a job late: it goes into the next one
+                self._queue.popleft()
                 jobs.append(job)
                 n += len(job.pixels)
+                due = min(due, job.deadline if job.deadline is not None else math.inf)
         if not jobs:
             return
         self.passes += 1
+        started = time.monotonic()
         try:
             probs = self._forward(np.concatenate([j.pixels for j in jobs]))
+            self._pass_seconds.append((time.monotonic() - started) / n)
             offset = 0
             for j in jobs:
                 j.result = probs[offset : offset + len(j.pixels)]

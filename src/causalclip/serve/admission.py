@@ -8,12 +8,13 @@ behind all the others: latency grows without limit and so does memory. With it, 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import threading
 import time
 
-__all__ = ["Admission", "Ticket"]
+__all__ = ["Admission", "LoopLag", "Ticket"]
 
 _RATE_WINDOW_S = 30.0  # answers counted for the Retry-After estimate
 
@@ -25,9 +26,9 @@ class Ticket:
 
     __slots__ = ("answered", "arrived", "images")
 
-    def __init__(self, images: int) -> None:
+    def __init__(self, images: int, *, waited: float = 0.0) -> None:
         self.images = images
-        self.arrived = time.monotonic()
+        self.arrived = time.monotonic() - waited
         self.answered = False
 
 
@@ -48,14 +49,16 @@ class Admission:
         self._lock = threading.Lock()
         self._answered: collections.deque[tuple[float, int]] = collections.deque()  # (time, images)
 
-    def admit(self, images: int = 1) -> Ticket | None:
-        """A ticket for ``images`` more images, or None when they do not fit (or the server is closing)."""
+    def admit(self, images: int = 1, *, waited: float = 0.0) -> Ticket | None:
+        """A ticket for ``images`` more images, or None when they do not fit (or the server is closing).
+        ``waited``: seconds the request waited before it reached admission; its ticket's arrival is that much
+        earlier, so the deadline counts them too."""
         with self._lock:
             if self.closed or self.pending + images > self.capacity:
                 self.refused += 1
                 return None
             self.pending += images
-            return Ticket(images)
+            return Ticket(images, waited=waited)
 
     def grow(self, ticket: Ticket, images: int) -> bool:
         """Raise ``ticket`` to ``images`` in all; False (ticket unchanged) if the extra images do not fit."""
@@ -101,3 +104,46 @@ class Admission:
                 return 5
             rate = sum(n for _, n in recent) / max(now - recent[0][0], 1.0)  # images per second
             return int(min(60, max(1, math.ceil(self.pending / rate))))
+
+
+class LoopLag:
+    """How far behind its schedule the event loop runs: how late a timer that should fire every ``interval``
+    seconds fires, the most over the last ``window`` seconds.
+
+    The server's one event loop accepts connections and reads request heads between its other work, so this is
+    about how long a new request waits before admission sees it: time the deadline, counted from admission, would
+    otherwise miss. Under a flood of connections (each costs the loop some parsing and a refusal) it grows; the
+    server refuses new work while it is over a bound, and counts it into the deadline of the work it admits.
+    """
+
+    def __init__(self, *, interval: float = 0.02, window: float = 0.5) -> None:
+        self.interval, self.window = interval, window
+        self._samples: collections.deque[tuple[float, float]] = collections.deque()  # (time, lag)
+        self._last_tick = time.monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_running(self) -> None:
+        """Start measuring on the running event loop (once per loop; a test's new loop gets a new ticker)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop, self._last_tick = loop, time.monotonic()
+            self._task = loop.create_task(self._tick(), name="causalclip-loop-lag")
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            lag = max(0.0, now - self._last_tick - self.interval)
+            self._last_tick = now
+            self._samples.append((now, lag))
+            while self._samples and self._samples[0][0] < now - self.window:
+                self._samples.popleft()
+
+    def current(self) -> float:
+        """Seconds the loop is behind now: the largest recent lag, or, while the loop is blocked and the timer
+        has not fired yet, how long it has been overdue."""
+        now = time.monotonic()
+        recent = max((lag for t, lag in self._samples if t >= now - self.window), default=0.0)
+        overdue = now - self._last_tick - self.interval if self._task is not None else 0.0
+        return max(recent, overdue, 0.0)

@@ -11,9 +11,12 @@ before the server listens), and returns a FastAPI app:
 - ``GET /``: a page to drop images on, self-contained (no external scripts, styles or fonts).
 
 Back-pressure: at most ``max_queued_images`` images are admitted and unanswered at once; a request beyond that
-gets 503 with ``Retry-After`` at once (a full server does not parse its body). An admitted request that is not
-in a forward pass ``deadline_s`` seconds after it arrived gets 503 too, unscored; one whose client went away
-is dropped from the queue. With ``api_key`` every ``/v1/`` route needs ``Authorization: Bearer <key>`` (checked
+gets 503 with ``Retry-After`` at once (a full server does not parse its body). ``deadline_s`` is when an answer
+is due, counted from the request's arrival (admission time minus the event loop's current lag, which is about
+how long the request waited before the server could read it): an admitted request that would not be answered by
+then gets 503 too, unscored, as soon as that is known; one whose client went away is dropped from the queue.
+While the event loop runs more than half the deadline behind (a flood of connections), new requests get 503
+before their body is parsed. With ``api_key`` every ``/v1/`` route needs ``Authorization: Bearer <key>`` (checked
 before the body is parsed); the page, the docs and the health routes stay open.
 
 Decoding and inference run in worker threads (never on the event loop, which keeps ``/healthz`` answered under
@@ -42,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..core.version import __version__
 from ..detect.engine import DeadlineExceeded, DetectionEngine, RequestCancelled
 from ..images.decode import DEFAULT_MAX_PIXELS
-from .admission import Admission, Ticket
+from .admission import Admission, LoopLag, Ticket
 from .auth import key_matches
 from .limits import (
     DEFAULT_DEADLINE_S,
@@ -167,16 +170,21 @@ async def _drain(scope: Scope, receive: Receive) -> None:
 
 class Gate:
     """ASGI middleware in front of everything else, so that refusals cost no parsing and no admission: the API
-    key on ``/v1/`` routes (401), and admission of ``POST /v1/detect`` (503 with Retry-After when the queue is full
-    or the server is shutting down). A refused body is discarded, not parsed (see _DRAIN_LIMIT). An admitted
-    request holds one image's place until its response has been sent; the route raises it to the request's
-    number of files."""
+    key on ``/v1/`` routes (401), and admission of ``POST /v1/detect`` (503 with Retry-After when the queue is full,
+    when the event loop runs more than ``max_lag_s`` behind, or when the server is shutting down). A refused body
+    is discarded, not parsed (see _DRAIN_LIMIT). An admitted request holds one image's place until its response
+    has been sent; the route raises it to the request's number of files. Its deadline counts from its estimated
+    arrival: admission time minus the loop's current lag (:class:`~causalclip.serve.admission.LoopLag`)."""
 
-    def __init__(self, app: ASGIApp, *, admission: Admission, api_key: str | None) -> None:
-        self.app, self.admission = app, admission
+    def __init__(
+        self, app: ASGIApp, *, admission: Admission, lag: LoopLag, max_lag_s: float, api_key: str | None
+    ) -> None:
+        self.app, self.admission, self.lag, self.max_lag_s = app, admission, lag, max_lag_s
         self.api_key = None if api_key is None else api_key.encode("ascii")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.lag.ensure_running()
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
@@ -198,9 +206,13 @@ class Gate:
         if scope["path"] != "/v1/detect" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        ticket = self.admission.admit(1)
-        if ticket is None:
+        lag = self.lag.current()
+        if lag > self.max_lag_s:  # it could hardly be answered within the deadline: refuse it before parsing it
+            ticket, why = None, f"overloaded: requests wait {lag:.2f} s before it reads them"
+        else:
+            ticket = self.admission.admit(1, waited=lag)
             why = "shutting down" if self.admission.closed else f"busy: {self.admission.capacity} images queued"
+        if ticket is None:
             await _drain(scope, receive)
             await _busy(self.admission, f"the server is {why}; retry later")(scope, _no_receive, send)
             return
@@ -243,9 +255,11 @@ class ErrorResponse(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "full", "draining"]
+    status: Literal["ready", "full", "overloaded", "draining"]
     queued_images: int = Field(description="images admitted and not yet answered")
     max_queued_images: int
+    loop_lag_s: float = Field(description="how far behind the server's event loop runs (seconds)")
+    max_loop_lag_s: float = Field(description="beyond this lag new requests are refused")
 
 
 def _page() -> str:
@@ -291,7 +305,7 @@ def create_app(
     ``max_upload_bytes``: per file; ``max_request_bytes``: the whole body; ``max_files``: parts per request;
     ``max_pixels``: the decompression-bomb limit of every image. ``max_queued_images``: images admitted and not yet
     answered (at least ``max_files``, so that every allowed request can fit); ``deadline_s``: seconds from a
-    request's arrival until it must be in a forward pass. ``api_key``: required on ``/v1/`` routes as
+    request's arrival until its answer is due (see the module docstring). ``api_key``: required on ``/v1/`` routes as
     ``Authorization: Bearer <key>`` (None: no authentication). ``engine_options`` go to :class:`DetectionEngine`
     (device, precision, backbone_model, threshold, crops, max_crops, batch_size).
 
@@ -320,6 +334,8 @@ def create_app(
         engine = DetectionEngine(detector, max_pixels=max_pixels, **engine_options)
     decode_slots = threading.BoundedSemaphore(max_concurrent_decodes)
     admission = Admission(capacity=max_queued_images)
+    # A request that waited half its deadline before admission could see it is refused rather than admitted.
+    loop_lag, max_lag_s = LoopLag(), deadline_s / 2
     limits = {
         "max_upload_bytes": max_upload_bytes,
         "max_request_bytes": max_request_bytes,
@@ -338,8 +354,9 @@ def create_app(
     )
     app.state.engine = engine
     app.state.admission = admission
+    app.state.loop_lag = loop_lag
     app.add_middleware(BodyLimit, limit=max_request_bytes)
-    app.add_middleware(Gate, admission=admission, api_key=api_key)  # added last: runs first
+    app.add_middleware(Gate, admission=admission, lag=loop_lag, max_lag_s=max_lag_s, api_key=api_key)  # runs first
     _mount_docs(app)
     if not any(getattr(r, "path", None) == "/docs" for r in app.routes):
         from fastapi.openapi.docs import get_swagger_ui_html
@@ -481,8 +498,20 @@ def create_app(
         responses={503: {"model": Readiness, "description": "full or shutting down", "headers": retry_after}},
     )
     async def readyz() -> Any:
-        state = "ready" if admission.accepting else "draining" if admission.closed else "full"
-        body = {"status": state, "queued_images": admission.pending, "max_queued_images": admission.capacity}
+        lag = loop_lag.current()
+        state = (
+            "draining" if admission.closed
+            else "full" if not admission.accepting
+            else "overloaded" if lag > max_lag_s
+            else "ready"
+        )  # fmt: skip
+        body = {
+            "status": state,
+            "queued_images": admission.pending,
+            "max_queued_images": admission.capacity,
+            "loop_lag_s": round(lag, 4),
+            "max_loop_lag_s": max_lag_s,
+        }
         if state == "ready":
             return body
         return JSONResponse(body, 503, headers={"Retry-After": str(admission.retry_after())})
