@@ -224,7 +224,7 @@ def test_univfd_init():
     head = build_head("univfd", dim=768)
     assert head.fc.weight.std().item() == pytest.approx(0.02, rel=0.1)
     assert head.fc.bias.item() == 0.0
-    assert head.optimizer_name() == "adamw"
+    assert dict(type(head).train_recipe) == {"optimizer": "adamw"}  # UnivFD trains with AdamW (training recipe)
 
 
 def _bce_numpy(logits: np.ndarray, y: np.ndarray) -> float:

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,6 +30,10 @@ class Head(nn.Module):
     # True for heads built on the backbone that made the training set (CLIPping's text tower): build_head then passes
     # the training FeatureSet as ``feature_set=`` (None when loading a saved head)
     uses_feature_set: ClassVar[bool] = False
+    # The training settings the method was published with, as TrainConfig keys (training.config.TrainConfig) over
+    # its defaults: optimiser, lr schedule, batch size, epochs. Empty: the defaults (Adam, lr 1e-4, plateau).
+    # A config file or --set still wins over it (training.config.resolve_run_config).
+    train_recipe: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __init__(self, *, dim: int, config: Any) -> None:
         super().__init__()
@@ -38,9 +43,6 @@ class Head(nn.Module):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named, disjoint parameter groups; each gets its own optimiser."""
         return {"classifier": list(self.parameters())}
-
-    def optimizer_name(self) -> str:
-        return getattr(self.config, "optimizer", "adam")
 
     def training_phases(self, e: torch.Tensor, y: torch.Tensor) -> Iterator[Phase]:
         """Yield the phases of one training step on batch (e (B, d), y (B,)); the caller steps each group."""

@@ -52,7 +52,6 @@ class CausalCLIPConfig:
     # Table 5 ablation switches: factorization = mask + L1 + HSIC; adversarial_masking = adversary + L_inv.
     factorization: bool = True
     adversarial_masking: bool = True
-    optimizer: Literal["adam", "adamw"] = "adam"
 
     def validate(self) -> None:
         if self.tau <= 0:

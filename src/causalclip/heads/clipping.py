@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -49,7 +50,6 @@ class ClippingConfig:
     class_specific: bool = False  # CoOp's CSC: one context per class instead of one shared (authors: shared)
     ctx_init_std: float = 0.02  # context vectors start as N(0, 0.02^2) (CoOp without CTX_INIT, as the authors)
     text_width: int = 0  # set from the text tower when trained; 0 = not known yet
-    optimizer: Literal["adam", "adamw"] = "adam"  # authors: SGD, which the training loop does not offer
 
     def validate(self) -> None:
         if self.n_ctx < 1:
@@ -73,6 +73,25 @@ class ClippingHead(Head):
     name = "clipping"
     config_cls = ClippingConfig
     uses_feature_set = True
+    # CoOp on Dassl as the authors ran it: configs/trainers/CoOp/vit_l14_ep2.yaml (sgd, LR 0.002, MAX_EPOCH 2,
+    # cosine, WARMUP_EPOCH 1, WARMUP_TYPE constant, WARMUP_CONS_LR 1e-5, TRAIN_X BATCH_SIZE 16) over
+    # dassl/config/defaults.py (MOMENTUM 0.9, WEIGHT_DECAY 5e-4, SGD_NESTEROV False). min_epochs 2: the saved
+    # epoch is the last one, as Dassl's TEST.FINAL_MODEL "last_step".
+    train_recipe = MappingProxyType(
+        {
+            "optimizer": "sgd",
+            "lr": 0.002,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "nesterov": False,
+            "lr_schedule": "cosine",
+            "warmup_epochs": 1,
+            "warmup_lr": 1e-5,
+            "batch_size": 16,
+            "epochs": 2,
+            "min_epochs": 2,
+        }
+    )
 
     def __init__(self, *, dim: int, config: ClippingConfig, feature_set: FeatureSet | None = None) -> None:
         text = None
@@ -229,10 +248,9 @@ def _prompt_ids(text: ClipTextTower, c: ClippingConfig) -> tuple[torch.Tensor, l
 class ClippingLinearProbeConfig(LinearProbeConfig):
     """The authors' linear probe (train_linear.py, models.py): Linear(768, 2) with weights N(0, 0.01^2), zero bias,
     cross-entropy. A two-way softmax is a sigmoid of the logit difference, so this is UnivFD's Linear(d, 1) under
-    BCE with the difference's initial spread, N(0, 2 * 0.01^2). Authors: SGD lr 3e-3, batch 16, 2 epochs."""
+    BCE with the difference's initial spread, N(0, 2 * 0.01^2)."""
 
     init_std: float = 0.01 * math.sqrt(2)
-    optimizer: Literal["adam", "adamw"] = "adam"
 
 
 class ClippingLinearProbeHead(LinearProbeHead):
@@ -240,3 +258,18 @@ class ClippingLinearProbeHead(LinearProbeHead):
 
     name = "clipping-lp"
     config_cls = ClippingLinearProbeConfig
+    # train_linear.py: optim.SGD(model.fc.parameters(), lr=3e-3) (no momentum, no weight decay), batch_size 16,
+    # epochs 2, warmup_epochs 0; its StepLR(step_size=3) is never stepped, so the lr is constant. The saved model is
+    # the last epoch's (min_epochs 2).
+    train_recipe = MappingProxyType(
+        {
+            "optimizer": "sgd",
+            "lr": 3e-3,
+            "momentum": 0.0,
+            "weight_decay": 0.0,
+            "lr_schedule": "constant",
+            "batch_size": 16,
+            "epochs": 2,
+            "min_epochs": 2,
+        }
+    )

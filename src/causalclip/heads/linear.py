@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Literal
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -15,15 +15,15 @@ from .losses import bce
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LinearProbeConfig:
-    """UnivFD (Ojha et al. 2023): one linear layer on E, weights N(0, init_std), AdamW."""
+    """UnivFD (Ojha et al. 2023): one linear layer on E, weights N(0, init_std)."""
 
     init_std: float = 0.02
-    optimizer: Literal["adam", "adamw"] = "adamw"
 
 
 class LinearProbeHead(Head):
     name = "univfd"
     config_cls = LinearProbeConfig
+    train_recipe = MappingProxyType({"optimizer": "adamw"})  # UnivFD's code; the rest: the loop's defaults
 
     def __init__(self, *, dim: int, config: LinearProbeConfig) -> None:
         super().__init__(dim=dim, config=config)

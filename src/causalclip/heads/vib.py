@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,6 @@ class VIBConfig:
     bottleneck: int = 256
     beta_vib: float = 1e-3
     std_shift: float = 5.0  # std = softplus(raw - std_shift)
-    optimizer: Literal["adam", "adamw"] = "adam"
 
 
 class VIBHead(Head):

@@ -56,7 +56,7 @@ from ..heads.causalclip import ABLATIONS
 from ..heads.registry import HEADS
 from ..images.layouts import LayoutResult
 from ..images.transforms import Perturbation
-from ..training.config import resolve_run_config
+from ..training.config import recorded_sections, resolve_run_config
 from ..training.loop import train
 from .presets import DataSet, ResolvedPreset
 from .report import ResultsTable, latex_escape, results_table
@@ -375,13 +375,15 @@ class RunOutcome:
 
 
 def _comparable(run_info: Mapping[str, Any], head: str) -> dict[str, Any]:
-    trainc = {k: v for k, v in dict(run_info.get("train", {})).items() if k not in _NOT_IDENTITY}
+    # a run recorded before the optimiser moved to train.optimizer reads as it would be recorded today
+    train_d, head_d = recorded_sections(dict(run_info), head)
+    trainc = {k: v for k, v in train_d.items() if k not in _NOT_IDENTITY}
     data = run_info.get("data", {})
     keys = ("path", "n", "n_fake")
     return {
         "head": run_info.get("head"),
         "train": trainc,
-        "head_config": run_info.get(head),
+        "head_config": head_d or None,
         "data": {r: {k: data.get(r, {}).get(k) for k in keys} for r in ("train", "val")},
         "heldout": [{k: h.get(k) for k in keys} for h in data.get("heldout") or []],  # absent in older runs
     }

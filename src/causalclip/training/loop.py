@@ -1,4 +1,5 @@
-"""The training loop: named losses in, optimiser steps out; early stopping; a self-describing run folder.
+"""The training loop: named losses in, optimiser steps out; the lr schedule and early stopping; a self-describing
+run folder.
 
 The loop knows nothing about any particular head: each head yields ``(group, loss, logs)`` phases and the loop
 steps that group's optimiser (``loss.backward(inputs=group)``, so only that group's parameters get gradients).
@@ -34,6 +35,7 @@ from ..heads.registry import DEFAULT_HEAD, build_head
 from ..metrics.binary import binary_metrics
 from ..metrics.thresholds import calibration_record, write_threshold
 from .config import RunConfig, resolve_run_config
+from .optim import build_optimizer, scheduled_lr
 from .selection import EpochSelector
 
 __all__ = ["TrainResult", "train"]
@@ -90,6 +92,13 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterable[np.n
             yield np.sort(b)  # sorted rows read the memory map sequentially; the batch's content is unchanged
 
 
+def _set_lr(opts: dict[str, torch.optim.Optimizer], lr: float) -> None:
+    """Every group's optimiser continues at ``lr`` (what torch's lr schedulers do to ``param_groups``)."""
+    for opt in opts.values():
+        for pg in opt.param_groups:
+            pg["lr"] = lr
+
+
 def train(
     *,
     train_set: FeatureSet | str | os.PathLike[str],
@@ -101,7 +110,11 @@ def train(
     overwrite: bool = False,
     heldout_sets: Sequence[FeatureSet | str | os.PathLike[str]] = (),
 ) -> TrainResult:
-    """Train a head on a cached feature set with early stopping on the validation set; write the run folder.
+    """Train a head on a cached feature set; write the run folder.
+
+    The lr follows ``train.lr_schedule``: "plateau" (lr / 10 after ``patience`` epochs without improvement, early
+    stopping) or a fixed schedule ("cosine", "constant", after ``warmup_epochs`` at ``warmup_lr``) that trains all
+    ``epochs``. Either way the saved epoch is the best on the validation metric (from ``min_epochs`` on).
 
     The run folder holds ``config.json`` + ``model.safetensors`` (the best epoch's head, loadable with
     :func:`causalclip.load_head`), ``run.json`` (resolved config, code revision, data, versions),
@@ -133,8 +146,7 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     model = build_head(rc.head, dim=tr.dim, config=rc.head_config, feature_set=tr).to(device)
     groups = model.param_groups()
-    opt_cls = torch.optim.AdamW if model.optimizer_name() == "adamw" else torch.optim.Adam
-    opts = {g: opt_cls(ps, lr=cfg.lr, weight_decay=cfg.weight_decay) for g, ps in groups.items()}
+    opts = {g: build_optimizer(ps, cfg) for g, ps in groups.items()}  # one optimiser per group, all of one kind
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     run_info = {
@@ -169,12 +181,17 @@ def train(
         decay_on_plateau=cfg.lr_decay_on_plateau,
         min_lr=cfg.min_lr,
         which="held-out" if held else "val",
+        early_stopping=cfg.early_stopping,  # a fixed schedule (cosine, constant) trains all its epochs
     )
     best_state = None
     lr = cfg.lr
     stop_reason = f"reached {cfg.epochs} epochs"
     y_all = torch.from_numpy(tr.labels.copy())
     for epoch in range(1, cfg.epochs + 1):
+        fixed = scheduled_lr(cfg, epoch)  # None: the plateau schedule's lr (set below when the selector drops it)
+        if fixed is not None:
+            lr = fixed
+            _set_lr(opts, lr)
         model.train()
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
@@ -259,9 +276,7 @@ def train(
             break
         if verdict.new_lr is not None:
             lr = verdict.new_lr
-            for opt in opts.values():
-                for pg in opt.param_groups:
-                    pg["lr"] = lr
+            _set_lr(opts, lr)
             log.info("%s %s plateaued: lr -> %.1e", selector.which, cfg.early_stop_metric, lr)
 
     assert best_state is not None

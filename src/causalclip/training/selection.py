@@ -27,7 +27,9 @@ class EpochSelector:
     ``min_epochs`` have run (a run shorter than that keeps its last epochs); among eligible epochs the best score
     wins and ties go to the later epoch (trained longer at the same validation score). After ``patience`` epochs
     without a strict improvement: stop, or with ``decay_on_plateau`` divide the learning rate by 10 and go on, until
-    it falls below ``min_lr``. The state is a plain dict (:meth:`state_dict`), so a resumed run continues exactly.
+    it falls below ``min_lr``. With ``early_stopping`` false (a fixed lr schedule, defined over all the epochs) it
+    only keeps the best epoch: no stop, no lr drop. The state is a plain dict (:meth:`state_dict`), so a resumed run
+    continues exactly.
     """
 
     metric: Literal["ap", "acc", "loss"]
@@ -38,6 +40,7 @@ class EpochSelector:
     decay_on_plateau: bool = True
     min_lr: float = 1e-6
     which: str = "val"  # how the validation data is named in stop reasons ("val", "held-out")
+    early_stopping: bool = True  # False: train every epoch at the schedule's lr, only select the best
     best_score: float = -math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
@@ -61,7 +64,7 @@ class EpochSelector:
             self.bad_epochs = 0 if improved else self.bad_epochs + 1
         elif eligible:
             self.bad_epochs += 1
-        if self.bad_epochs < self.patience:
+        if not self.early_stopping or self.bad_epochs < self.patience:
             return Verdict(keep)
         if not self.decay_on_plateau:
             return Verdict(keep, stop=f"no {self.which} {self.metric} improvement for {self.patience} epochs")
