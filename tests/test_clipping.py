@@ -375,6 +375,42 @@ def test_linear_probe_variant_is_the_authors_two_way_linear_layer():
     assert big.fc.weight.std().item() == pytest.approx(0.01 * 2**0.5, rel=0.02)
 
 
+def test_linear_probe_recipe_follows_the_authors_sgd_on_their_two_way_layer(tmp_path):
+    """clipping-lp trained by the loop with its recipe ends where the authors' Linear(d, 2) ends under
+    torch.optim.SGD(lr=3e-3) and cross-entropy (train_linear.py), on the same batches: 16 samples, batch 16, two
+    epochs, so two full-batch steps from the same initial difference."""
+    from causalclip.features.featureset import open_feature_set
+    from causalclip.training.config import resolve_run_config
+    from causalclip.training.loop import train
+
+    n, d = 16, 5
+    df = pd.DataFrame({"path": [f"i{i}.png" for i in range(n)], "label": np.arange(n) % 2, "generator": "g"})
+    x = 10 * np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)  # large: the steps move visibly
+    fs = write_feature_set(tmp_path / "set", x, df, meta={"backbone": {"name": "test"}})
+    rc = resolve_run_config("clipping-lp", overrides={"seed": 5})
+    res = train(train_set=fs, val_set=fs, out=tmp_path / "run", run_config=rc, progress=False)
+    assert res.best_epoch == 2 and len(res.history) == 2
+
+    torch.manual_seed(5)  # the loop's seed, then the head: its initial row is the pair's initial difference
+    init = build_head("clipping-lp", dim=d)
+    pair = torch.nn.Linear(d, 2)
+    with torch.no_grad():
+        pair.weight.copy_(torch.cat([torch.zeros(1, d), init.fc.weight]))
+        pair.bias.copy_(torch.cat([torch.zeros(1), init.fc.bias]))
+    opt = torch.optim.SGD(pair.parameters(), lr=3e-3)  # the authors' optimiser, as train_linear.py builds it
+    stored = open_feature_set(fs)
+    e = torch.from_numpy(stored.take(np.arange(n)).astype(np.float32))
+    y = torch.from_numpy(stored.labels.astype(np.int64))
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(pair(e), y).backward()
+        opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(res.head.fc.weight, pair.weight[1:] - pair.weight[:1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(res.head.fc.bias, pair.bias[1:] - pair.bias[:1], rtol=1e-5, atol=1e-6)
+    assert (res.head.fc.weight - init.fc.weight).abs().max() > 1e-3  # it moved
+
+
 def test_both_variants_are_listed_by_train_help(capsys):
     from causalclip.cli.main import main
 

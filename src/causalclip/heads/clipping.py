@@ -260,11 +260,12 @@ class ClippingLinearProbeHead(LinearProbeHead):
     config_cls = ClippingLinearProbeConfig
     # train_linear.py: optim.SGD(model.fc.parameters(), lr=3e-3) (no momentum, no weight decay), batch_size 16,
     # epochs 2, warmup_epochs 0; its StepLR(step_size=3) is never stepped, so the lr is constant. The saved model is
-    # the last epoch's (min_epochs 2).
+    # the last epoch's (min_epochs 2). An SGD step of lr on their two rows moves the rows' difference (our one row)
+    # by 2 lr times its gradient, so their 3e-3 is 6e-3 here: the same trajectory (tests/test_clipping.py).
     train_recipe = MappingProxyType(
         {
             "optimizer": "sgd",
-            "lr": 3e-3,
+            "lr": 2 * 3e-3,
             "momentum": 0.0,
             "weight_decay": 0.0,
             "lr_schedule": "constant",
