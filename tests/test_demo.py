@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
@@ -25,11 +26,14 @@ from causalclip.cli.main import main  # noqa: E402
 from causalclip.demo.build import BUILD_SIZES, BuildConfig, build_benchmark, to_grey  # noqa: E402  # noqa: E402
 from causalclip.demo.generators import FamilyConfig  # noqa: E402
 from causalclip.demo.photos import BUILTIN_PHOTOS, DemoError, builtin_photos, load_photo, split_scenes, tile_grid
-from causalclip.demo.run import HEAD_LABELS, PROTOCOLS, DemoConfig, run_demo  # noqa: E402
+from causalclip.demo.run import PROTOCOLS, DemoConfig, run_demo  # noqa: E402
 from causalclip.detector.folder import read_detector  # noqa: E402
 from causalclip.features.featureset import open_feature_set  # noqa: E402
 
 TINY = BUILD_SIZES["tiny"]
+# Heads on features, then every network on pixels (the default set: every method that needs no downloaded weights)
+METHODS = ("causalclip", "univfd", "vib", "npr", "cnnspot", "fredect", "fusing", "lgrad")
+LGRAD_LABEL = "LGrad (scratch; transform: tconv-gan's discriminator)"
 FAMILIES = TINY.families
 TRAIN_ON = ("tconv-gan", "vae")
 FAST_TRAIN = tuple({"train.epochs": 3, "train.batch_size": 16, "train.lr": 1e-3, "train.num_threads": 1}.items())
@@ -75,7 +79,7 @@ def seeds_demo(tiny_demo):
 def test_demo_runs_the_protocol_end_to_end(tiny_demo, capsys):
     out = tiny_demo / "out"
     results = pd.read_csv(out / "results.csv")
-    heads = {"causalclip", "univfd", "vib", "npr", "cnnspot", "fredect"}  # heads on features, networks on pixels
+    heads = set(METHODS)
     assert set(results["head"]) == heads and set(results["train_family"]) == set(TRAIN_ON)
     assert set(results["test_family"]) == set(FAMILIES)
     assert len(results) == len(TRAIN_ON) * len(heads) * len(FAMILIES)
@@ -108,6 +112,58 @@ def test_demo_runs_the_protocol_end_to_end(tiny_demo, capsys):
     assert det.feature_dim == 22 + 90  # spectrum rings of a 32 px tile + NPR statistics
     assert det.backbone["name"] == "concat" and det.preprocessing["size"] == 32
     assert det.provenance["train_family"] == "tconv-gan"
+
+
+def test_lgrad_and_fusing_run_and_every_table_names_lgrads_transform(tiny_demo):
+    """LGrad's transformation model is tconv-gan's trained discriminator (the file the benchmark keeps, loaded into
+    the network unchanged); every table's LGrad row says so, and the notes say its tconv-gan column is not unseen."""
+    from safetensors.torch import load_file
+
+    out = tiny_demo / "out"
+    results = pd.read_csv(out / "results.csv")
+    bench = build_benchmark(TINY, tiny_demo / "cache")
+    disc_file = bench.discriminator("tconv-gan")
+    assert disc_file.parent == bench.family_dirs["tconv-gan"]
+    disc = load_file(str(disc_file))
+    for fam in TRAIN_ON:
+        for net in ("lgrad", "fusing"):
+            rows = results[(results["head"] == net) & (results["train_family"] == fam)]
+            assert sorted(rows["test_family"]) == sorted(FAMILIES) and rows["ap"].between(0, 1).all()
+        run = json.loads((out / "runs" / fam / "lgrad-seed0" / "run.json").read_text())
+        cfg = run["lgrad"]
+        assert (cfg["transform_arch"], cfg["resolution"], cfg["input"]) == ("dcgan", TINY.tile, "image")
+        assert Path(cfg["transform"]) == disc_file and cfg["dcgan_width"] == TINY.family_config("tconv-gan").width
+        saved = load_file(str(out / "runs" / fam / "lgrad-seed0" / "model.safetensors"))
+        inside = {k.removeprefix("discriminator."): v for k, v in saved.items() if k.startswith("discriminator.")}
+        assert inside.keys() == disc.keys() and all(torch.equal(inside[k], disc[k]) for k in disc)
+        fusing = json.loads((out / "runs" / fam / "fusing-seed0" / "run.json").read_text())["fusing"]
+        assert fusing["patches_per_window"] == [1, 1] and fusing["local_size"] == TINY.tile // 2
+    md = (out / "results.md").read_text()
+    printed = (tiny_demo / "printed.txt").read_text()
+    for text in (md, printed):
+        tables = [block for block in text.split("\n\n") if block.startswith("| Method |")]
+        assert len(tables) >= 1 + len(TRAIN_ON)  # the summary and at least one table per training family
+        assert all(f"| {LGRAD_LABEL} |" in t and "| Fusing (scratch) |" in t for t in tables)
+    assert md.count("on the tconv-gan test column LGrad is not unseen") == 1 + 2 * len(TRAIN_ON)
+    assert "Not run: CLIPping's prompt tuning" in md
+    info = json.loads((out / "demo.json").read_text())
+    assert info["method_labels"]["lgrad"] == LGRAD_LABEL
+    assert info["lgrad_transform"] == {"family": "tconv-gan", "file": str(disc_file)}
+    # the GAN families keep their discriminator, the others have none
+    assert {f for f in FAMILIES if (bench.family_dirs[f] / "discriminator.safetensors").is_file()} == {
+        "tconv-gan",
+        "resize-gan",
+    }
+    with pytest.raises(DemoError, match="no trained discriminator"):
+        bench.discriminator("vae")
+
+
+def test_lgrad_transform_must_be_a_gan_family_of_the_benchmark(tmp_path):
+    for fam, families in (("vae", FAMILIES), ("tconv-gan", ("vae", "diffusion"))):
+        cfg = DemoConfig.preset("tiny", build=dataclasses.replace(TINY, families=families), lgrad_transform_family=fam)
+        with pytest.raises(DemoError, match=f"GAN family '{fam}'"):
+            run_demo(tmp_path / "o", cfg, cache=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # refused before building anything
 
 
 def _has_matplotlib() -> bool:
@@ -273,7 +329,7 @@ def test_spread_over_seeds_is_the_std_of_per_seed_means(seeds_demo, tiny_demo):
     results = pd.read_csv(seeds_demo / "results.csv")
     assert sorted(results["seed"].unique()) == list(SEEDS)
     spread = pd.read_csv(seeds_demo / "seeds.csv")
-    heads = ["causalclip", "univfd", "vib", "npr", "cnnspot", "fredect"]
+    heads = list(METHODS)
     assert len(spread) == len(heads) * 2 * (len(TRAIN_ON) + 1) and (spread["n_seeds"] == len(SEEDS)).all()
     unseen = spread[spread["test"] == "unseen"].set_index(["head", "train_family"])
     expected = _spread_by_hand(results)
@@ -293,7 +349,7 @@ def test_spread_over_seeds_is_the_std_of_per_seed_means(seeds_demo, tiny_demo):
     # printed, in results.md and in demo.json: mean ± std in percent, 2 decimals
     printed = (tiny_demo / "printed-seeds.txt").read_text()
     md = (seeds_demo / "results.md").read_text()
-    for head, label in (("causalclip", "CausalCLIP"), ("univfd", "UnivFD"), ("vib", "VIB-Net")):
+    for head, label in (("causalclip", "CausalCLIP"), ("univfd", "UnivFD"), ("vib", "VIB-Net"), ("lgrad", LGRAD_LABEL)):
         v = expected[(head, "all")]
         ap, acc = (
             f"{100 * v['ap_mean']:.2f} ± {100 * v['ap_std']:.2f}",
@@ -332,7 +388,7 @@ def test_one_family_protocol_is_unchanged(tiny_demo):
     assert info["train_families"] == list(TRAIN_ON)
     summary = info["summary_unseen_ap"]
     for (head, fam), value in _one_family_summary_by_hand(results).items():
-        assert summary[HEAD_LABELS[head]][fam] == pytest.approx(value, abs=0.006)
+        assert summary[info["method_labels"][head]][fam] == pytest.approx(value, abs=0.006)
     bench = build_benchmark(TINY, tiny_demo / "cache")
     for fam in TRAIN_ON:
         data = json.loads((out / "runs" / fam / "causalclip-seed0" / "run.json").read_text())["data"]
@@ -391,7 +447,7 @@ def test_leave_one_out_trains_on_exactly_the_other_families(loo_demo, tiny_demo)
 
 def test_leave_one_out_tests_on_all_and_sees_all_but_the_one_left_out(loo_demo, tiny_demo):
     results = pd.read_csv(loo_demo / "results.csv")
-    heads = {"causalclip", "univfd", "vib", "npr", "cnnspot", "fredect"}
+    heads = set(METHODS)
     assert set(results["train_family"]) == {f"all-but-{fam}" for fam in LEAVE_OUT}
     assert len(results) == len(LEAVE_OUT) * len(heads) * len(LOO_SEEDS) * len(FAMILIES)
     for (_train, _head, _seed), group in results.groupby(["train_family", "head", "seed"]):
@@ -412,8 +468,9 @@ def test_leave_one_out_summary_is_the_ap_on_the_family_left_out(loo_demo, tiny_d
     unseen = spread[spread["test"] == "unseen"].set_index(["head", "train_family"])
     printed = (tiny_demo / "printed-loo.txt").read_text()
     md = (loo_demo / "results.md").read_text()
-    for head in ("causalclip", "univfd", "vib", "npr", "cnnspot", "fredect"):  # the demo's heads and networks
-        label = HEAD_LABELS[head]
+    labels = json.loads((loo_demo / "demo.json").read_text())["method_labels"]
+    for head in METHODS:  # the demo's heads and networks
+        label = labels[head]
         per_fam = []
         for fam in LEAVE_OUT:
             rows = results[

@@ -22,6 +22,8 @@ from causalclip.cli.main import main
 from causalclip.networks import build_network, get_network_method, network_config_dict
 from causalclip.networks.importer import CheckpointImportError, import_network, read_lgrad_transform
 from causalclip.networks.lgrad import (
+    DCGANDiscriminator,
+    DCGANDiscriminatorConfig,
     LGradConfig,
     StyleGANDiscriminator,
     StyleGANDiscriminatorConfig,
@@ -399,3 +401,121 @@ def test_train_on_cached_maps_then_a_raw_image_detector_scores_like_the_run(tmp_
         from_raw = torch.sigmoid(det.head(_normalised(raw)))
         from_cache = torch.sigmoid(run.network(_normalised(maps)))
     torch.testing.assert_close(from_raw, from_cache, atol=2e-3, rtol=0)
+
+
+# ---- the DCGAN transformation model (the demo's GAN families' discriminators) ----------------------------------
+
+
+def _demo_discriminator(size: int = 32, width: int = 4, seed: int = 0) -> torch.nn.Module:
+    """The demo's own DCGAN discriminator, its BatchNorm statistics set by a few training-mode passes, in eval mode."""
+    from causalclip.demo.generators import _dcgan_init, _Discriminator
+
+    torch.manual_seed(seed)
+    d = _Discriminator(size=size, width=width)
+    d.apply(_dcgan_init)
+    with torch.no_grad():
+        for _ in range(3):
+            d(torch.rand(8, 3, size, size) * 2 - 1)
+    return d.eval()
+
+
+def _save(state: dict, path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def test_dcgan_input_gradient_matches_central_finite_differences():
+    cfg = DCGANDiscriminatorConfig(resolution=16, width=2)
+    d = DCGANDiscriminator(cfg)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, t in d.state_dict().items():
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=g) * 0.5)
+    d = d.double()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=g) * 2 - 1
+    grad = input_gradient(d, x)
+    assert grad.dtype == torch.float64 and grad.shape == x.shape
+    eps = 1e-6
+    fd = torch.empty_like(x)
+    with torch.no_grad():
+        for idx in np.ndindex(*x.shape):
+            hi, lo = x.clone(), x.clone()
+            hi[idx] += eps
+            lo[idx] -= eps
+            fd[idx] = (d(hi).sum() - d(lo).sum()) / (2 * eps)
+    torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-7)
+    assert grad.abs().max() > 1e-3
+    assert list(d.parameters()) == []  # frozen: every weight a buffer
+
+
+def test_demo_gan_discriminator_loads_key_for_key_and_scores_the_same(tmp_path):
+    demo = _demo_discriminator()
+    path = _save(demo.state_dict(), tmp_path / "discriminator.safetensors")
+    cfg = DCGANDiscriminatorConfig(resolution=32, width=4)
+    ours = DCGANDiscriminator(cfg)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in demo.state_dict().items()}
+    assert not ours.loaded
+    ours.load_state_dict(read_lgrad_transform(path, cfg), strict=True)
+    assert ours.loaded
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), demo(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(input_gradient(ours, x), input_gradient(demo, x), rtol=0, atol=1e-6)
+    # BatchNorm on its running statistics, whatever the mode: a map never depends on its batch.
+    ours.train()
+    pixels = (x + 1) / 2
+    together = gradient_map(ours, pixels)
+    assert torch.equal(together, torch.cat([gradient_map(ours, pixels[i : i + 1]) for i in range(4)]))
+    # LGrad with it: fit() loads the file, the classifier trains, the transform stays as loaded.
+    net = build_network("lgrad", {**TINY_NET, "transform_arch": "dcgan", "resolution": 32, "dcgan_width": 4,
+                                  "transform": str(path)})  # fmt: skip
+    net.fit()
+    net.train()
+    logits = net((torch.rand(2, 3, 40, 40) - 0.45) / 0.23)
+    F.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 1.0])).backward()
+    assert not any(n.startswith("discriminator.") for n, _ in net.named_parameters())
+    assert all(torch.equal(net.discriminator.state_dict()[k], v) for k, v in demo.state_dict().items())
+    # The cache command with --arch dcgan writes the same maps.
+    (tmp_path / "data" / "fake").mkdir(parents=True)
+    (tmp_path / "data" / "real").mkdir(parents=True)
+    rgb = np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "data" / "fake" / "0.png")
+    Image.fromarray(rgb[::-1].copy()).save(tmp_path / "data" / "real" / "0.png")
+    args = ["gradient-maps", str(tmp_path / "data"), "--transform", str(path), "--out", str(tmp_path / "maps"),
+            "--arch", "dcgan", "--resolution", "32", "--width", "4"]  # fmt: skip
+    assert main(args) == 0
+    ref = gradient_map(ours, torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)
+    cached = np.asarray(Image.open(tmp_path / "maps" / "fake" / "0.png"))
+    assert np.array_equal(cached, ref[0].permute(1, 2, 0).numpy().astype(np.uint8))
+    info = json.loads((tmp_path / "maps" / "gradient_maps.json").read_text())
+    assert info["settings"]["discriminator"] == {"arch": "dcgan", "resolution": 32, "width": 4}
+
+
+def test_a_transform_file_that_does_not_fit_is_refused_naming_it(tmp_path):
+    dcgan_cfg = DCGANDiscriminatorConfig(resolution=32, width=4)
+    demo_file = _save(_demo_discriminator().state_dict(), tmp_path / "tconv-disc.safetensors")
+    style = _random_discriminator(StyleGANDiscriminatorConfig(**TINY_D))
+    style_file = _save(style.state_dict(), tmp_path / "stylegan-disc.safetensors")
+    # the other architecture: refused, naming the file and the setting that fits it
+    with pytest.raises(CheckpointImportError, match="stylegan-disc.safetensors.*transform_arch=stylegan"):
+        read_lgrad_transform(style_file, dcgan_cfg)
+    with pytest.raises(CheckpointImportError, match="tconv-disc.safetensors.*transform_arch=dcgan"):
+        read_lgrad_transform(demo_file, StyleGANDiscriminatorConfig(resolution=32, fmaps_base=64, fmaps_max=8))
+    net = build_network("lgrad", {**TINY_NET, "resolution": 32, "transform": str(demo_file)})  # stylegan by default
+    with pytest.raises(ValueError, match="tconv-disc.safetensors.*transform_arch=dcgan"):
+        net.fit()
+    # another width or size: every mismatch listed
+    with pytest.raises(CheckpointImportError, match="tconv-disc.safetensors.*shape mismatch"):
+        read_lgrad_transform(demo_file, DCGANDiscriminatorConfig(resolution=32, width=8))
+    with pytest.raises(CheckpointImportError, match="tconv-disc.safetensors.*missing"):
+        read_lgrad_transform(demo_file, DCGANDiscriminatorConfig(resolution=64, width=4))
+    # damaged values: a negative BatchNorm variance, a NaN weight
+    state = _demo_discriminator().state_dict()
+    for key, match in (("net.3.running_var", "BatchNorm variances must be > 0"), ("net.0.weight", "non-finite")):
+        bad = {k: v.clone() for k, v in state.items()}
+        bad[key].view(-1)[0] = -1.0 if "var" in key else float("nan")
+        with pytest.raises(CheckpointImportError, match=f"bad.safetensors: {match}"):
+            read_lgrad_transform(_save(bad, tmp_path / "bad.safetensors"), dcgan_cfg)

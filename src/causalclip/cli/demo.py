@@ -36,6 +36,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         heads=tuple(args.heads),
         **({} if args.networks is None else {"networks": tuple(args.networks)}),
+        **({} if args.lgrad_transform is None else {"lgrad_transform_family": args.lgrad_transform}),
         protocol=args.protocol,
         train_families=tuple(args.train_families) if args.train_families else None,
         seeds=tuple(args.seeds),
@@ -54,8 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="offline end-to-end demo: real photos, locally trained generators, cross-generator results",
         description="Build (once, then cached) a benchmark from the photos shipped with scikit-image and "
         "scikit-learn and four generator families trained here, extract weight-free forensic features, train "
-        "CausalCLIP, UnivFD and VIB-Net on them and NPR, CNNSpot and FreDect on the tiles' pixels, on each family (or, --protocol leave-one-out, on all families but each one "
-        "in turn), test on all, print the tables, write plots and a detector folder. Never touches the network.",
+        "CausalCLIP, UnivFD and VIB-Net on them and NPR, CNNSpot, FreDect, Fusing and LGrad (narrow, from scratch; "
+        "LGrad's transformation model: a GAN family's trained discriminator) on the tiles' pixels, on each family "
+        "(or, --protocol leave-one-out, on all families but each one in turn), test on all, print the tables, write "
+        "plots and a detector folder. Never touches the network.",
     )
     d.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
     d.add_argument(
@@ -73,11 +76,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--networks",
         nargs="*",
-        choices=sorted(n for n in NETWORKS if n != "lgrad"),
+        choices=sorted(NETWORKS),
         metavar="NAME",
-        help="networks trained on the tiles' pixels, narrow versions (default npr cnnspot fredect; "
-        f"choices {', '.join(sorted(n for n in NETWORKS if n != 'lgrad'))}; --networks with no name: none; lgrad "
-        "needs a StyleGAN discriminator the demo does not have)",
+        help="networks trained on the tiles' pixels, narrow versions (default npr cnnspot fredect fusing lgrad; "
+        f"choices {', '.join(sorted(NETWORKS))}; --networks with no name: none)",
+    )
+    d.add_argument(
+        "--lgrad-transform",
+        metavar="FAMILY",
+        help="the GAN family whose trained discriminator is LGrad's transformation model (default tconv-gan; "
+        "resize-gan is the other)",
     )
     d.add_argument("--families", nargs="+", metavar="NAME", help="generator families to build (default all)")
     d.add_argument(

@@ -5,7 +5,8 @@ Every image listed by ``--layout`` under ROOT becomes the 8-bit gradient map of 
 ``DIR/<its path relative to ROOT, suffix .png>``: the same folder layout, so ``causalclip train --head lgrad
 --train DIR ... lgrad.input=gradient`` reads it with the same ``--layout``. ``DIR/manifest.csv`` (path, label,
 generator) lists every map for ``--layout manifest`` too, ``DIR/errors.csv`` every input that could not be used, and
-``DIR/gradient_maps.json`` the transformation model (file, sha256, architecture) and the settings.
+``DIR/gradient_maps.json`` the transformation model (file, sha256, architecture: StyleGAN's or, ``--arch dcgan``, a
+DCGAN discriminator such as a demo GAN family's) and the settings.
 
 Resumable: each PNG is written atomically and an existing one is kept, so running the same command again after an
 interruption finishes the rest. A folder made with another transformation model or other settings is refused.
@@ -30,7 +31,7 @@ from ..core.io import atomic_write, read_json, write_json
 from ..images.decode import ImageDecodeError, load_rgb
 from ..images.layouts import list_samples
 from ..networks.importer import read_lgrad_transform, sha256_file
-from ..networks.lgrad import StyleGANDiscriminator, StyleGANDiscriminatorConfig, gradient_map
+from ..networks.lgrad import TRANSFORM_ARCHS, build_discriminator, discriminator_config, gradient_map
 
 __all__ = ["write_gradient_maps"]
 
@@ -79,6 +80,8 @@ def write_gradient_maps(
     resolution: int = 256,
     fmaps_base: int = 16 << 10,
     fmaps_max: int = 512,
+    arch: str = "stylegan",
+    width: int = 16,
     center_crop: int | None = None,
     batch_size: int = 8,
     device: str = "cpu",
@@ -90,14 +93,17 @@ def write_gradient_maps(
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     if center_crop is not None and center_crop < 1:
         raise ValueError(f"center_crop: must be >= 1 or None, got {center_crop}")
-    config = StyleGANDiscriminatorConfig(resolution=resolution, fmaps_base=fmaps_base, fmaps_max=fmaps_max)
+    config = discriminator_config(arch, resolution=resolution, fmaps_base=fmaps_base, fmaps_max=fmaps_max, width=width)
     config.validate()
-    model = StyleGANDiscriminator(config)
+    model = build_discriminator(config)
     model.load_state_dict(read_lgrad_transform(transform, config), strict=True)
     model.to(torch.device(device)).eval()
     settings = {
         "transform": {"file": str(transform.resolve()), "sha256": sha256_file(transform)},
-        "discriminator": {"resolution": resolution, "fmaps_base": fmaps_base, "fmaps_max": fmaps_max},
+        # StyleGAN's record is unchanged from before the DCGAN transform existed, so older folders still resume.
+        "discriminator": {"resolution": resolution, "fmaps_base": fmaps_base, "fmaps_max": fmaps_max}
+        if arch == "stylegan"
+        else {"arch": arch, "resolution": resolution, "width": width},
         "center_crop": center_crop,
         "normalisation": "per image: (g - min) / max(g - min) * 255, rounded to 8 bits (LGrad's gen_imggrad.py)",
     }
@@ -177,6 +183,8 @@ def _cmd(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         fmaps_base=args.fmaps_base,
         fmaps_max=args.fmaps_max,
+        arch=args.arch,
+        width=args.width,
         center_crop=args.center_crop,
         batch_size=args.batch_size,
         device=args.device,
@@ -202,14 +210,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("root", metavar="ROOT", help="data set folder (or manifest file)")
     p.add_argument("--transform", required=True, metavar="FILE",
                    help="the transformation model: the authors' karras2019stylegan-bedrooms-256x256_discriminator.pth "
-                   "(read with weights_only) or a safetensors file of our StyleGAN discriminator")  # fmt: skip
+                   "(read with weights_only), a safetensors file of our StyleGAN discriminator, or (--arch dcgan) a demo GAN "
+                   "family's discriminator.safetensors")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the gradient maps")
     p.add_argument("--layout", default="folders", help="how ROOT is organised (docs/guides/layouts.md)")
     p.add_argument("--split", help="train/val/test where the layout has splits")
     p.add_argument("--generator", help="ROOT is this one generator's folder")
+    p.add_argument("--arch", choices=sorted(TRANSFORM_ARCHS), default="stylegan",
+                   help="the transformation model's architecture (LGradConfig.transform_arch)")  # fmt: skip
     p.add_argument("--resolution", type=int, default=256, help="the discriminator's input size")
-    p.add_argument("--fmaps-base", type=int, default=16 << 10, help="the discriminator's fmaps_base")
-    p.add_argument("--fmaps-max", type=int, default=512, help="the discriminator's fmaps_max")
+    p.add_argument("--fmaps-base", type=int, default=16 << 10, help="the discriminator's fmaps_base (stylegan)")
+    p.add_argument("--fmaps-max", type=int, default=512, help="the discriminator's fmaps_max (stylegan)")
+    p.add_argument("--width", type=int, default=16, help="the DCGAN discriminator's first width (dcgan)")
     p.add_argument("--center-crop", type=int, metavar="N",
                    help="centre-crop N x N before the resize (the detector's view of larger images); default: the "
                    "authors' resize of the whole image")  # fmt: skip

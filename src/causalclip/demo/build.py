@@ -10,6 +10,7 @@ one family's budget rebuilds that family only::
       fakes-<family>-<key>/              one generator family: its config and seed (and the real key)
         family.json                      parameters, training time, description
         model.safetensors                the trained generator (weights only)
+        discriminator.safetensors        GAN families: the discriminator trained against it (LGrad's transform)
         fakes.csv                        path, split, index, source (the real tile it re-synthesises or pairs with), grey
         fake/<split>/<i>.jpg
 
@@ -47,12 +48,14 @@ from .generators import describe as describe_family
 from .photos import SPLITS, DemoError, Photo, builtin_photos, folder_photos, load_photo, photo_digest, split_scenes
 from .photos import tile_grid as _tile_grid
 
-__all__ = ["BUILD_SIZES", "Benchmark", "BuildConfig", "build_benchmark", "default_cache"]
+__all__ = ["BUILD_SIZES", "DISCRIMINATOR_FILE", "Benchmark", "BuildConfig", "build_benchmark", "default_cache"]
 
 log = logging.getLogger("causalclip")
 
 # Bump when the way tiles or fakes are made changes, so old caches are not reused.
-BUILD_VERSION = 1
+# 2: the GAN families keep their trained discriminator (DISCRIMINATOR_FILE).
+BUILD_VERSION = 2
+DISCRIMINATOR_FILE = "discriminator.safetensors"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -128,6 +131,14 @@ class Benchmark:
     family_dirs: dict[str, Path]
     config: BuildConfig
     seconds: dict[str, float] = field(default_factory=dict)  # what this call spent building, by part
+
+    def discriminator(self, family: str) -> Path:
+        """The trained discriminator of GAN family ``family`` (DCGAN layout, safetensors); DemoError if it has none."""
+        path = self.family_dirs[family] / DISCRIMINATOR_FILE if family in self.family_dirs else None
+        if path is None or not path.is_file():
+            gans = sorted(f for f in self.family_dirs if (self.family_dirs[f] / DISCRIMINATOR_FILE).is_file())
+            raise DemoError(f"{family}: no trained discriminator in this benchmark (GAN families built here: {gans})")
+        return path
 
     def samples(self, split: str) -> pd.DataFrame:
         """path (absolute), label, generator for one split: reals as generator "real", then every family's fakes."""
@@ -264,10 +275,16 @@ def _build_family(
     train_tiles = tiles[tiles["split"] == "train"]
     real = _read_tiles(root, train_tiles["path"])
     t0 = time.perf_counter()
-    model = family.train(real, fcfg, _seed(cfg.seed, "train", name), lambda msg: log.info("  %s", msg))
+    trained = family.train(real, fcfg, _seed(cfg.seed, "train", name), lambda msg: log.info("  %s", msg))
     train_s = time.perf_counter() - t0
+    model = trained.model
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"family": name}))
+    if trained.discriminator is not None:
+        disc = {k: v.detach().contiguous() for k, v in trained.discriminator.state_dict().items()}
+        # One metadata key: safetensors writes several in no fixed order, and the build must be byte-identical.
+        meta = {"dcgan_discriminator": json.dumps({"family": name, "resolution": cfg.tile, "width": fcfg.width})}
+        atomic_write(folder / DISCRIMINATOR_FILE, lambda p: save_file(disc, str(p), metadata=meta))
     rows = []
     t1 = time.perf_counter()
     for split in SPLITS:
@@ -292,6 +309,7 @@ def _build_family(
         {
             **params,
             **describe_family(name, fcfg),
+            "discriminator": DISCRIMINATOR_FILE if trained.discriminator is not None else None,
             "train_seconds": train_s,
             "sample_seconds": sample_s,
             "threads": torch.get_num_threads(),

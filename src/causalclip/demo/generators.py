@@ -10,7 +10,8 @@ Four families that differ where detectors look, the way images are up-sampled an
 | ``diffusion`` | DDPM (Ho et al. 2020; v-prediction) sampled with DDIM (Song et al. 2021), 2x2-patch U-Net | pixel shuffle |
 
 Each family's ``train`` sees only the real *training* tiles, as (N, 3, s, s) floats in [-1, 1], and returns a
-model; ``sample`` makes ``n`` images, either from seeded noise or, for re-synthesising families, from given
+:class:`Trained`: the model and, for the GANs, the discriminator trained against it (LGrad's transformation model in
+the demo); ``sample`` makes ``n`` images, either from seeded noise or, for re-synthesising families, from given
 source tiles. Everything is seeded (``torch.Generator``), so a build is reproducible on one machine.
 The models are small and trained for few steps: the fakes are far from photographic, and the benchmark
 measures how detectors trained on one family's artifacts fare on another's, not image quality.
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FAMILIES", "Family", "FamilyConfig", "family_names"]
+__all__ = ["FAMILIES", "Family", "FamilyConfig", "Trained", "family_names"]
 
 Log = Callable[[str], None]
 
@@ -62,14 +63,24 @@ def _n_up(size: int) -> int:
     return n
 
 
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What a family's training leaves: the model ``sample`` uses and, for a GAN, its trained discriminator (in eval
+    mode; causalclip.networks.lgrad.DCGANDiscriminator loads its state dict key for key)."""
+
+    model: nn.Module
+    discriminator: nn.Module | None = None
+
+
 class Family:
-    """A generator family: ``train(real, cfg, seed, log)`` -> model; ``sample(model, n, ...)`` -> images."""
+    """A generator family: ``train(real, cfg, seed, log)`` -> :class:`Trained`; ``sample(model, n, ...)`` -> images."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     resynthesises: ClassVar[bool] = False  # samples are made from real tiles (source) rather than from noise
+    has_discriminator: ClassVar[bool] = False  # train() returns a discriminator too (the GANs)
 
-    def train(self, real: torch.Tensor, cfg: FamilyConfig, seed: int, log: Log) -> nn.Module:
+    def train(self, real: torch.Tensor, cfg: FamilyConfig, seed: int, log: Log) -> Trained:
         raise NotImplementedError
 
     def build(self, size: int, cfg: FamilyConfig) -> nn.Module:
@@ -112,7 +123,8 @@ class _Generator(nn.Module):
 
 
 class _Discriminator(nn.Module):
-    """DCGAN discriminator: strided 4x4 convolutions down to 4x4, then one logit."""
+    """DCGAN discriminator: strided 4x4 convolutions down to 4x4, then one logit. Its layers and state-dict names are
+    those of causalclip.networks.lgrad.DCGANDiscriminator (a test keeps them equal): change both together."""
 
     def __init__(self, *, size: int, width: int) -> None:
         super().__init__()
@@ -139,13 +151,14 @@ def _dcgan_init(m: nn.Module) -> None:
 
 class _GAN(Family):
     mode: ClassVar[str]
+    has_discriminator = True
 
     def build(self, size: int, cfg: FamilyConfig) -> nn.Module:
         g = _Generator(size=size, width=cfg.width, mode=self.mode)
         g.apply(_dcgan_init)
         return g
 
-    def train(self, real: torch.Tensor, cfg: FamilyConfig, seed: int, log: Log) -> nn.Module:
+    def train(self, real: torch.Tensor, cfg: FamilyConfig, seed: int, log: Log) -> Trained:
         torch.manual_seed(seed)  # the layers' initialisation
         size = real.shape[-1]
         gen, disc = self.build(size, cfg), _Discriminator(size=size, width=cfg.width)
@@ -171,7 +184,7 @@ class _GAN(Family):
                     f"{self.name}: step {step}/{cfg.steps}  D {loss_d.item():.3f}  G {loss_g.item():.3f}  "
                     f"({time.perf_counter() - t0:.0f} s)"
                 )
-        return gen.eval()
+        return Trained(gen.eval(), disc.eval())
 
     @torch.no_grad()
     def sample(self, model, n, *, seed, cfg, size, source=None):
@@ -236,7 +249,7 @@ class VAE(Family):
         _n_up(size)
         return _VAE(width=cfg.width)
 
-    def train(self, real: torch.Tensor, cfg: FamilyConfig, seed: int, log: Log) -> nn.Module:
+    def train(self, real: torch.Tensor, cfg: FamilyConfig, seed: int, log: Log) -> Trained:
         torch.manual_seed(seed)
         model = self.build(real.shape[-1], cfg)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr * 5)
@@ -257,7 +270,7 @@ class VAE(Family):
                     f"{self.name}: step {step}/{cfg.steps}  L1 {rec.item():.4f}  KL {kl.item():.3f}  "
                     f"({time.perf_counter() - t0:.0f} s)"
                 )
-        return model.eval()
+        return Trained(model.eval())
 
     @torch.no_grad()
     def sample(self, model, n, *, seed, cfg, size, source=None):
@@ -335,7 +348,7 @@ class Diffusion(Family):
             raise ValueError(f"the diffusion U-Net needs a tile size divisible by 8, got {size}")
         return _UNet(width=cfg.width)
 
-    def train(self, real: torch.Tensor, cfg: FamilyConfig, seed: int, log: Log) -> nn.Module:
+    def train(self, real: torch.Tensor, cfg: FamilyConfig, seed: int, log: Log) -> Trained:
         torch.manual_seed(seed)
         model = self.build(real.shape[-1], cfg)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr * 5)
@@ -360,7 +373,7 @@ class Diffusion(Family):
                     pe.lerp_(pm, 1 - decay)
             if step % max(1, cfg.steps // 5) == 0 or step == cfg.steps:
                 log(f"{self.name}: step {step}/{cfg.steps}  MSE {loss.item():.4f}  ({time.perf_counter() - t0:.0f} s)")
-        return ema.eval()
+        return Trained(ema.eval())
 
     @torch.no_grad()
     def sample(self, model, n, *, seed, cfg, size, source=None):

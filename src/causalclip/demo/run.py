@@ -52,6 +52,7 @@ from ..core.revision import code_revision
 from ..features.featureset import open_feature_set, write_feature_set
 from ..paper.report import ResultsTable
 from .build import BUILD_SIZES, Benchmark, BuildConfig, build_benchmark
+from .generators import FAMILIES
 from .photos import SPLITS, DemoError
 
 __all__ = [
@@ -77,6 +78,7 @@ HEAD_LABELS = {
     "fredect": "FreDect",
     "fredect-simple": "FreDect (simple)",
     "fusing": "Fusing (scratch)",
+    "lgrad": "LGrad (scratch)",  # method_labels adds its transformation model
 }
 
 # Training of the heads in the demo. The paper's defaults (lr 1e-4, batch 256, early stopping on AP) are made
@@ -103,10 +105,13 @@ TINY_TRAIN: dict[str, Any] = {**DEFAULT_TRAIN, "train.epochs": 3}
 # CNNSpot starts from scratch: ImageNet weights cannot be downloaded here. Training as the heads': learning rate
 # 1e-3, at most 4 epochs, validation BCE selects the epoch; the networks see the same training, validation and
 # test tiles as the heads (network_images_per_class caps the training tiles per class, None = all).
-# Fusing runs too (--networks fusing) but is not in the default set: five backbone passes per image (the global
-# view and four patches) made it ~6x slower than narrow CNNSpot here, longer than the rest of the demo together.
-# LGrad needs a StyleGAN discriminator as its transformation model, which the demo does not have.
-DEMO_NETWORKS = ("npr", "cnnspot", "fredect")
+# Every network that runs without downloaded weights is in the default set (issue 15): Fusing with one patch per
+# window type resized to half the tile (three trunk passes of 1 + 1/4 + 1/4 the global view's cost, where the
+# authors' layout at 64 px made it ~6x slower than narrow CNNSpot), and LGrad with the discriminator of one GAN
+# family of the benchmark as its transformation model (DemoConfig.lgrad_transform_family; the authors' is a
+# StyleGAN discriminator trained on LSUN, which cannot be downloaded here).
+DEMO_NETWORKS = ("npr", "cnnspot", "fredect", "fusing", "lgrad")
+LGRAD_TRANSFORM_FAMILY = "tconv-gan"
 NETWORK_IMAGES_PER_CLASS: int | None = None
 _NARROW_RESNET = {"layers": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "stem_width": 16}
 
@@ -119,14 +124,13 @@ def network_architecture(name: str, tile: int) -> dict[str, Any]:
         return {**_NARROW_RESNET, "size": tile}
     if name == "fredect-simple":
         return {"size": tile}
-    if name == "fusing":  # the global view at the tile size (a 2 x 2 map at 64 px), two patches of each size
-        return {**_NARROW_RESNET, "global_size": tile, "score_windows": [max(1, min(2, tile // 32)), 1], "patches_per_window": [2, 2],
-                "patch_sizes": [tile // 2, tile // 4], "embed_dim": 32, "heads": 2, "depth": 1}  # fmt: skip
-    if name == "lgrad":
-        raise DemoError(
-            "lgrad needs a transformation model (a StyleGAN discriminator); the demo's generator families are not "
-            "StyleGANs, so the demo cannot run it: train it with `causalclip train --head lgrad --set lgrad.transform=FILE`"
-        )
+    if name == "fusing":  # the global view at the tile size (a 2 x 2 map at 64 px); one patch per window type, the
+        # tile/2 one at its own resolution and the tile/4 one up-sampled x2 (the authors: 3 + 3 patches, all at 224)
+        return {**_NARROW_RESNET, "global_size": tile, "score_windows": [max(1, min(2, tile // 32)), 1], "patches_per_window": [1, 1],
+                "patch_sizes": [tile // 2, tile // 4], "local_size": tile // 2, "embed_dim": 32, "heads": 2, "depth": 1}  # fmt: skip
+    if name == "lgrad":  # the classifier narrow; the transform a GAN family's DCGAN discriminator at the tile size
+        # (its file and width are the benchmark's: _train_networks adds them)
+        return {**_NARROW_RESNET, "transform_arch": "dcgan", "resolution": tile}
     return dict(_NARROW_RESNET)
 
 
@@ -156,6 +160,8 @@ class DemoConfig:
     heads: tuple[str, ...] = ("causalclip", "univfd", "vib")
     # Networks trained on the tiles themselves (causalclip.pixel), narrow versions (network_architecture).
     networks: tuple[str, ...] = DEMO_NETWORKS
+    # LGrad's transformation model: the trained discriminator of this GAN family of the benchmark.
+    lgrad_transform_family: str = LGRAD_TRANSFORM_FAMILY
     network_overrides: tuple[tuple[str, Any], ...] = tuple(DEFAULT_NETWORK_TRAIN.items())
     network_images_per_class: int | None = NETWORK_IMAGES_PER_CLASS
     protocol: Literal["one-family", "leave-one-out"] = "one-family"
@@ -190,6 +196,13 @@ class DemoConfig:
     def methods(self) -> tuple[str, ...]:
         """Heads on features, then networks on pixels: the rows of every table."""
         return (*self.heads, *self.networks)
+
+    def method_labels(self) -> dict[str, str]:
+        """Every method's row label, saying how it was initialised and, for LGrad, what its transform is."""
+        labels = {m: HEAD_LABELS.get(m, m) for m in self.methods()}
+        if "lgrad" in labels:
+            labels["lgrad"] = f"LGrad (scratch; transform: {self.lgrad_transform_family}'s discriminator)"
+        return labels
 
     def backbone_spec(self) -> str:
         t = self.build.tile
@@ -365,6 +378,7 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
         else ()
     )
     unseen_label = _unseen_label(cfg)
+    labels = cfg.method_labels()
     seeds_note = (*seeds_note, *_networks_note(cfg))
     mean = _mean_frame(results, ["ap", "acc"])
     for fam in cfg.training_families():
@@ -377,7 +391,7 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
                 unseen = [100 * sub[g] for g in families if g not in seen]
                 values[unseen_label] = float(np.mean(unseen))
                 values["Avg"] = float(np.mean([100 * sub[g] for g in families]))
-                rows[HEAD_LABELS.get(head, head)] = values
+                rows[labels[head]] = values
             frame = pd.DataFrame.from_dict(rows, orient="index").round(2)
             frame.index.name = "method"
             if _loo(cfg):
@@ -397,7 +411,7 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
         per_train = sub.groupby("train_family")["ap"].mean()
         values = {name: 100 * per_train[name] for name in cfg.train_sets()}
         values["Avg"] = float(np.mean(list(values.values())))
-        rows[HEAD_LABELS.get(head, head)] = values
+        rows[labels[head]] = values
     frame = pd.DataFrame.from_dict(rows, orient="index").round(2)
     frame.index.name = "method"
     note = (
@@ -410,15 +424,40 @@ def _tables(results: pd.DataFrame, cfg: DemoConfig) -> dict[str, ResultsTable]:
 
 
 def _networks_note(cfg: DemoConfig) -> tuple[str, ...]:
-    if not cfg.networks:
-        return ()
-    names = ", ".join(HEAD_LABELS.get(n, n) for n in cfg.networks)
-    return (
-        f"{names}: trained on the tiles' pixels"
-        + (f" (at most {cfg.network_images_per_class} per class and family)" if cfg.network_images_per_class else "")
-        + ": narrow versions of the authors' networks (one block per stage, a quarter of the width), from scratch; "
-        "the heads above them score weight-free forensic features.",
+    """What the tables' rows of networks are, how each was initialised, and what the demo cannot run."""
+    labels = cfg.method_labels()
+    notes = []
+    if cfg.networks:
+        names = ", ".join(labels[n] for n in cfg.networks)
+        notes.append(
+            f"{names}: trained on the tiles' pixels"
+            + (
+                f" (at most {cfg.network_images_per_class} per class and family)"
+                if cfg.network_images_per_class
+                else ""
+            )
+            + ": narrow versions of the authors' networks (one block per stage, a quarter of the width), from "
+            "scratch (no ImageNet weights); the heads above them score weight-free forensic features."
+        )
+    if "fusing" in cfg.networks:
+        t = cfg.build.tile
+        notes.append(
+            f"Fusing: the global view at {t} px and one patch per window type ({t // 2} and {t // 4} px, resized to "
+            f"{t // 2}), where the authors pick 3 + 3 patches and resize all to 224."
+        )
+    if "lgrad" in cfg.networks:
+        fam = cfg.lgrad_transform_family
+        notes.append(
+            f"LGrad's transformation model is {fam}'s discriminator, trained here against {fam}'s generator on the "
+            f"real training tiles, then frozen (the authors': StyleGAN's, trained on LSUN bedrooms). It has seen "
+            f"{fam}'s fakes: on the {fam} test column LGrad is not unseen, whatever family its classifier was "
+            "trained on."
+        )
+    notes.append(
+        "Not run: CLIPping's prompt tuning (it needs CLIP's pretrained text tower; the demo's features are not "
+        "CLIP's). Its linear probe (--heads clipping-lp) is UnivFD's with another initialisation."
     )
+    return tuple(notes)
 
 
 SPREAD_COLUMNS = [
@@ -473,9 +512,17 @@ def _markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def spread_markdown(spread: pd.DataFrame, *, acc_table: bool = True, protocol: str = "one-family") -> str:
+def spread_markdown(
+    spread: pd.DataFrame,
+    *,
+    acc_table: bool = True,
+    protocol: str = "one-family",
+    labels: dict[str, str] | None = None,
+) -> str:
     """The spread over seeds as Markdown: unseen-family AP (and ACC) per training family, then one row per head.
-    With ``protocol`` "leave-one-out" the unseen family is the one left out, and the wording says so."""
+    With ``protocol`` "leave-one-out" the unseen family is the one left out, and the wording says so. ``labels``:
+    each head's row label (DemoConfig.method_labels), by default HEAD_LABELS."""
+    label = {**HEAD_LABELS, **(labels or {})}
     n = int(spread["n_seeds"].min())
     heads = list(dict.fromkeys(spread["head"]))
     fams = [f for f in dict.fromkeys(spread["train_family"]) if f != "all"]
@@ -503,7 +550,7 @@ def spread_markdown(spread: pd.DataFrame, *, acc_table: bool = True, protocol: s
         rows = []
         for head in heads:
             values = [cell.loc[(head, "unseen", f)] for f in (*fams, "all")]
-            rows.append([HEAD_LABELS.get(head, head), *[_pm(v[f"{metric}_mean"], v[f"{metric}_std"]) for v in values]])
+            rows.append([label.get(head, head), *[_pm(v[f"{metric}_mean"], v[f"{metric}_std"]) for v in values]])
         lines += _markdown_rows(["Method", *fams, "Avg"], rows)
         lines.append("")
     lines.append(f"Per head, over all training {'sets' if loo else 'families'}:")
@@ -513,7 +560,7 @@ def spread_markdown(spread: pd.DataFrame, *, acc_table: bool = True, protocol: s
         u, s = cell.loc[(head, "unseen", "all")], cell.loc[(head, "seen", "all")]
         rows.append(
             [
-                HEAD_LABELS.get(head, head),
+                label.get(head, head),
                 _pm(u["ap_mean"], u["ap_std"]),
                 _pm(u["acc_mean"], u["acc_std"]),
                 _pm(s["ap_mean"], s["ap_std"]),
@@ -537,6 +584,7 @@ def _plots(results: pd.DataFrame, cfg: DemoConfig, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     mean = _mean_frame(results, ["ap"])
     trains, heads, tests = list(cfg.train_sets()), list(cfg.methods()), list(cfg.build.families)
+    labels = cfg.method_labels()
     written = []
 
     fig = Figure(figsize=(1.6 + 1.5 * len(trains), 3.4))
@@ -547,7 +595,7 @@ def _plots(results: pd.DataFrame, cfg: DemoConfig, out: Path) -> list[Path]:
         sub = mean[(mean["head"] == head) & ~mean["seen"].astype(bool)]
         vals = [100 * sub[sub["train_family"] == f]["ap"].mean() for f in trains]
         xs = np.arange(len(trains)) + (k - (len(heads) - 1) / 2) * width
-        ax.bar(xs, vals, width, label=HEAD_LABELS.get(head, head))
+        ax.bar(xs, vals, width, label=labels[head])
     ax.set_xticks(np.arange(len(trains)), trains)
     ax.set_xlabel("training set" if _loo(cfg) else "training family")
     ax.set_ylabel("AP on the family left out (%)" if _loo(cfg) else "AP on unseen families (%)")
@@ -574,7 +622,7 @@ def _plots(results: pd.DataFrame, cfg: DemoConfig, out: Path) -> list[Path]:
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8, color="white" if v < 75 else "black")
         ax.set_xticks(range(len(tests)), tests, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(trains)), trains if k == 0 else [""] * len(trains), fontsize=7)
-        ax.set_title(f"{HEAD_LABELS.get(head, head)}: AP (%)", fontsize=9)
+        ax.set_title(f"{labels[head]}: AP (%)", fontsize=9)
         ax.set_xlabel("test family", fontsize=8)
     fig.tight_layout()
     path = out / "cross_family_ap.png"
@@ -599,7 +647,16 @@ def _images(out: Path, split: str, generators: tuple[str, ...], relabel: str | N
     return ImageSet(root=manifest, samples=samples, description={**desc, "n_fake": int(samples["label"].sum())})
 
 
-def _train_networks(cfg: DemoConfig, out: Path, runs: dict) -> list[dict[str, Any]]:
+def _benchmark_parts(net: str, cfg: DemoConfig, bench: Benchmark) -> dict[str, Any]:
+    """Overrides of network ``net`` that come from the built benchmark: LGrad's transformation model (the file of
+    the chosen GAN family's trained discriminator, and its width)."""
+    if net != "lgrad":
+        return {}
+    fam = cfg.lgrad_transform_family
+    return {"lgrad.transform": str(bench.discriminator(fam)), "lgrad.dcgan_width": cfg.build.family_config(fam).width}
+
+
+def _train_networks(cfg: DemoConfig, out: Path, runs: dict, bench: Benchmark) -> list[dict[str, Any]]:
     """Train every network on every training set (its tiles' pixels) and test it on every family."""
     from ..images.layouts import balanced_per_class
     from ..pixel.config import resolve_pixel_config
@@ -626,6 +683,7 @@ def _train_networks(cfg: DemoConfig, out: Path, runs: dict) -> list[dict[str, An
                     "recipe.test_crop": tile,
                     "train.seed": seed,
                     **{f"{net}.{k}": v for k, v in network_architecture(net, tile).items()},
+                    **_benchmark_parts(net, cfg, bench),
                 }
                 rc = resolve_pixel_config(net, overrides=overrides)  # only this network's keys
                 t_run = time.perf_counter()
@@ -682,6 +740,14 @@ def run_demo(
         raise DemoError(f"unknown protocol {cfg.protocol!r}; available: {list(PROTOCOLS)}")
     if _loo(cfg) and len(cfg.build.families) < 2:
         raise DemoError("the leave-one-out protocol needs at least two generator families")
+    if "lgrad" in cfg.networks:
+        fam = cfg.lgrad_transform_family
+        if fam not in cfg.build.families or not FAMILIES[fam].has_discriminator:
+            gans = [f for f in cfg.build.families if FAMILIES[f].has_discriminator]
+            raise DemoError(
+                f"lgrad's transformation model is the discriminator of GAN family {fam!r}, which this benchmark does "
+                f"not build (its GAN families: {gans}); choose one of them or leave lgrad out of the networks"
+            )
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -747,7 +813,7 @@ def run_demo(
         seconds["train_and_evaluate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if cfg.networks:
-            rows += _train_networks(cfg, out, runs)
+            rows += _train_networks(cfg, out, runs, bench)
         seconds["networks"] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
@@ -795,6 +861,12 @@ def run_demo(
             "networks": list(cfg.networks),
             "network_overrides": dict(cfg.network_overrides),
             "network_architectures": {n: network_architecture(n, cfg.build.tile) for n in cfg.networks},
+            "lgrad_transform": (
+                {"family": cfg.lgrad_transform_family, "file": str(bench.discriminator(cfg.lgrad_transform_family))}
+                if "lgrad" in cfg.networks
+                else None
+            ),
+            "method_labels": cfg.method_labels(),
             "protocol": cfg.protocol,
             "train_families": list(cfg.train_sets()),  # results.csv's train_family values
             "left_out_families": list(cfg.training_families()) if _loo(cfg) else None,
@@ -842,7 +914,7 @@ def render_tables(
         tables["summary"].to_markdown(caption=_summary_caption(cfg)),
     ]
     if spread is not None:
-        lines.append(spread_markdown(spread, protocol=cfg.protocol))
+        lines.append(spread_markdown(spread, protocol=cfg.protocol, labels=cfg.method_labels()))
     for fam in cfg.training_families():
         name = cfg.train_set_name(fam)
         trained = f"all families but **{fam}**" if _loo(cfg) else f"**{fam}**"
@@ -859,7 +931,7 @@ def summary_text(result: DemoResult) -> str:
     caption = _summary_caption(cfg) if loo else "Mean AP (%) on unseen families, per training family:"
     parts = [_protocol_line(cfg) + "\n", result.tables["summary"].to_markdown(caption=caption)]
     if result.spread is not None:
-        parts.append(spread_markdown(result.spread, acc_table=False, protocol=cfg.protocol))
+        parts.append(spread_markdown(result.spread, acc_table=False, protocol=cfg.protocol, labels=cfg.method_labels()))
     for key, table in result.tables.items():
         if key.endswith("/ap"):
             name = key[:-3]

@@ -48,6 +48,9 @@ class FusingConfig:
     widths: tuple[int, ...] = RESNET50_WIDTHS
     stem_width: int = 64
     global_size: int = 224  # the global view's size, and the size every patch is resized to (COOI.cropped_size)
+    # The size the patches are resized to when not the global view's (None: global_size, the authors'). Smaller is
+    # cheaper: the shared trunk's cost grows with the square of its input (the demo's narrow Fusing uses it).
+    local_size: int | None = None
     score_windows: tuple[int, ...] = (3, 2)  # score_filter_size_list: window side on the feature map, per type
     patches_per_window: tuple[int, ...] = (3, 3)  # score_filter_num_list
     patch_sizes: tuple[int, ...] = (224, 112)  # score_corresponding_patch_size_list: patch side in the image
@@ -67,6 +70,8 @@ class FusingConfig:
         for name in ("score_windows", "patches_per_window", "patch_sizes"):
             if any(v < 1 for v in getattr(self, name)):
                 raise ValueError(f"{name}: values must be >= 1, got {list(getattr(self, name))}")
+        if self.local_size is not None and self.local_size < 1:
+            raise ValueError(f"local_size: must be >= 1 or null, got {self.local_size}")
         if self.nms_size < 1 or self.nms_size % 2 == 0:
             raise ValueError(f"nms_size: an odd size >= 1, got {self.nms_size}")
         side = feature_map_side(self.global_size, len(self.layers))
@@ -226,8 +231,9 @@ class FusingNet(nn.Module):
         )
 
     def crop_patches(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """(n, 3, H, W) images and (n, P, 4) boxes -> (n * P, 3, S, S) patches resized to the global size."""
-        size = self.config.global_size
+        """(n, 3, H, W) images and (n, P, 4) boxes -> (n * P, 3, S, S) patches resized to S = the local size
+        (``local_size``, by default the global view's)."""
+        size = self.config.local_size or self.config.global_size
         out = []
         for img, img_boxes in zip(x, boxes.tolist(), strict=True):
             for top, left, bottom, right in img_boxes:

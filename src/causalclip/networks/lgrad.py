@@ -23,6 +23,13 @@ in ``forward``) or ``"gradient"`` (normalised gradient maps read from PNGs writt
 so the classifier trains without recomputing them). A detector must score raw images: its config needs
 ``input="image"`` (:func:`for_raw_images`), whatever the run was trained on.
 
+A second kind of transformation model, :class:`DCGANDiscriminator` (``LGradConfig.transform_arch="dcgan"``), is
+the discriminator of a DCGAN (Radford et al. 2016): strided 4x4 convolutions, BatchNorm, leaky ReLU 0.2, a last 4x4
+convolution to one logit, with the state-dict names of the offline demo's GAN families (``net.0.weight``, ...), so
+the discriminator a demo family trained plays the transformation model there (docs/guides/demo.md). Its BatchNorm
+always uses the running statistics it was saved with (eval mode, whatever the network's mode): a map never depends on
+its batch.
+
 One difference from the authors' runs, by construction: StyleGAN's minibatch-standard-deviation layer mixes the
 images of a batch (groups of 4). The authors transform one image at a time (batch size 1 in their scripts), where
 the layer adds the constant sqrt(1e-8); that is what :class:`StyleGANDiscriminator` computes for every image, so a
@@ -49,10 +56,15 @@ from .fredect import IMAGENET_MEAN, IMAGENET_STD
 from .resnet import ResNetTrunk, validate_resnet_shape
 
 __all__ = [
+    "TRANSFORM_ARCHS",
+    "DCGANDiscriminator",
+    "DCGANDiscriminatorConfig",
     "LGradConfig",
     "LGradNet",
     "StyleGANDiscriminator",
     "StyleGANDiscriminatorConfig",
+    "build_discriminator",
+    "discriminator_config",
     "discriminator_state",
     "for_raw_images",
     "gradient_map",
@@ -193,8 +205,128 @@ class StyleGANDiscriminator(nn.Module):
 
     @property
     def loaded(self) -> bool:
-        """Whether its weights are set (by a loaded state dict): until then every weight is NaN."""
-        return not bool(torch.isnan(self.input0.weight).any())
+        """Whether its weights are set (by a loaded state dict): until then every weight is NaN. On the meta device
+        (shapes only, e.g. FLOP counting) there are no values to check: True."""
+        w = self.input0.weight
+        return w.is_meta or not bool(torch.isnan(w).any())
+
+
+@dataclass(frozen=True, kw_only=True)
+class DCGANDiscriminatorConfig:
+    """A DCGAN discriminator (the demo's GAN families): ``resolution`` x ``resolution`` input, halved by each
+    strided convolution down to 4 x 4; ``width`` channels after the first, doubling at each later one."""
+
+    resolution: int = 64
+    width: int = 16
+
+    def validate(self) -> None:
+        if self.resolution < 16 or self.resolution & (self.resolution - 1):
+            raise ValueError(f"resolution: a power of two >= 16, got {self.resolution}")
+        if self.width < 1:
+            raise ValueError(f"width: must be >= 1, got {self.width}")
+
+    @property
+    def n_down(self) -> int:
+        """Strided convolutions from ``resolution`` down to 4 x 4."""
+        return int(math.log2(self.resolution // 4))
+
+
+class _FrozenConv2d(nn.Module):
+    """A 4x4 convolution whose weight (and bias) are buffers: loaded, never trained (nn.Conv2d's names)."""
+
+    def __init__(self, cin: int, cout: int, *, stride: int, padding: int, bias: bool):
+        super().__init__()
+        _frozen(self, "weight", (cout, cin, 4, 4))
+        if bias:
+            _frozen(self, "bias", (cout,))
+        else:
+            self.bias = None
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+
+
+class _FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d in eval mode for good: the saved running statistics normalise every image on its own
+    (nn.BatchNorm2d's names and eps, so a trained module's state dict loads key for key)."""
+
+    eps = 1e-5
+
+    def __init__(self, channels: int):
+        super().__init__()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            _frozen(self, name, (channels,))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+        )
+
+
+class DCGANDiscriminator(nn.Module):
+    """(n, 3, R, R) RGB images in [-1, 1] -> (n,) real/fake logits; frozen (every weight a buffer).
+
+    ``net``: 4x4 conv stride 2 (bias) -> leaky ReLU 0.2, then per further halving 4x4 conv stride 2 (no bias) ->
+    BatchNorm -> leaky ReLU 0.2, down to 4 x 4, then a 4x4 conv (bias) to one logit: the layers and names of
+    ``causalclip.demo.generators._Discriminator``, which the demo trains with its GAN families.
+    """
+
+    def __init__(self, config: DCGANDiscriminatorConfig | None = None):
+        super().__init__()
+        config = config or DCGANDiscriminatorConfig()
+        config.validate()
+        self.config = config
+        c = config.width
+        layers: list[nn.Module] = [_FrozenConv2d(3, c, stride=2, padding=1, bias=True), nn.LeakyReLU(0.2)]
+        for _ in range(config.n_down - 1):
+            layers += [_FrozenConv2d(c, 2 * c, stride=2, padding=1, bias=False), _FrozenBatchNorm2d(2 * c)]
+            layers.append(nn.LeakyReLU(0.2))
+            c *= 2
+        layers.append(_FrozenConv2d(c, 1, stride=1, padding=0, bias=True))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.config.resolution
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, r, r):
+            raise ValueError(f"the discriminator takes (n, 3, {r}, {r}) images, got {tuple(x.shape)}")
+        return self.net(x).reshape(x.shape[0])  # (n, 1, 1, 1) -> (n,)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether its weights are set (by a loaded state dict): until then every weight is NaN (meta: True)."""
+        w = self.net[0].weight
+        return w.is_meta or not bool(torch.isnan(w).any())
+
+
+DiscriminatorConfig = StyleGANDiscriminatorConfig | DCGANDiscriminatorConfig
+Discriminator = StyleGANDiscriminator | DCGANDiscriminator
+
+# LGradConfig.transform_arch -> the transformation model's module and config.
+TRANSFORM_ARCHS: dict[str, tuple[type[nn.Module], type]] = {
+    "stylegan": (StyleGANDiscriminator, StyleGANDiscriminatorConfig),
+    "dcgan": (DCGANDiscriminator, DCGANDiscriminatorConfig),
+}
+
+
+def discriminator_config(
+    arch: str, *, resolution: int, fmaps_base: int = 16 << 10, fmaps_max: int = 512, width: int = 16
+) -> DiscriminatorConfig:
+    """The transformation model's config for ``arch`` ("stylegan": fmaps_base/fmaps_max; "dcgan": width)."""
+    if arch == "stylegan":
+        return StyleGANDiscriminatorConfig(resolution=resolution, fmaps_base=fmaps_base, fmaps_max=fmaps_max)
+    if arch == "dcgan":
+        return DCGANDiscriminatorConfig(resolution=resolution, width=width)
+    raise ValueError(f"transform_arch: one of {sorted(TRANSFORM_ARCHS)}, got {arch!r}")
+
+
+def build_discriminator(config: DiscriminatorConfig) -> Discriminator:
+    """The (unloaded, NaN) transformation model for ``config``."""
+    for module, config_cls in TRANSFORM_ARCHS.values():
+        if isinstance(config, config_cls):
+            return module(config)
+    raise TypeError(f"not a transformation model's config: {type(config).__name__}")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -222,21 +354,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def discriminator_state(
-    state: Mapping[str, torch.Tensor], config: StyleGANDiscriminatorConfig, *, where: str
-) -> dict[str, torch.Tensor]:
-    """The weights of :class:`StyleGANDiscriminator` (``config``) in ``state``: ours, the authors' genforce layout
-    (``lod`` must be 0; the FromRGB layers of lower levels of detail, ``input1``..., are dropped), or the
-    ``discriminator.*`` keys of an LGrad network. Every key and shape is checked and the fixed blur kernels must be
-    StyleGAN's; ValueError names ``where`` and every mismatch."""
-    if any(k.startswith("discriminator.") for k in state):
-        state = {k.removeprefix("discriminator."): v for k, v in state.items() if k.startswith("discriminator.")}
-    state = dict(state)
-    lod = state.pop("lod", None)
-    if lod is not None and (lod.numel() != 1 or float(lod) != 0.0):
-        raise ValueError(f"{where}: lod is {lod.tolist()}; only a full-resolution discriminator (lod 0) is used")
-    state = {k: v for k, v in state.items() if not re.match(r"input[1-9]\d*\.", k)}
-    expected = StyleGANDiscriminator(config).state_dict()
+def _mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:
+    """Every missing key, unexpected key and shape mismatch of ``state`` against ``expected``, as phrases."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [
@@ -244,16 +363,54 @@ def discriminator_state(
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
-    if missing or unexpected or shapes:
-        parts = [f"{len(x)} {label}: {x[:12]}" for label, x in
-                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if x]  # fmt: skip
-        raise ValueError(f"{where}: does not fit StyleGAN's discriminator {config}: " + "; ".join(parts))
+    return [f"{len(x)} {label}: {x[:12]}" for label, x in
+            (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if x]  # fmt: skip
+
+
+def _arch_hint(state: Mapping[str, torch.Tensor], config: DiscriminatorConfig) -> str:
+    """A pointer to the other architecture when the file's keys are clearly its."""
+    if isinstance(config, StyleGANDiscriminatorConfig) and "net.0.weight" in state:
+        return " (its net.* keys are a DCGAN discriminator's: lgrad.transform_arch=dcgan)"
+    if isinstance(config, DCGANDiscriminatorConfig) and "input0.weight" in state:
+        return " (its input0/layer* keys are a StyleGAN discriminator's: lgrad.transform_arch=stylegan)"
+    return ""
+
+
+def discriminator_state(
+    state: Mapping[str, torch.Tensor], config: DiscriminatorConfig, *, where: str
+) -> dict[str, torch.Tensor]:
+    """The weights of the transformation model built from ``config`` in ``state``, checked.
+
+    StyleGAN: ours, the authors' genforce layout (``lod`` must be 0; the FromRGB layers of lower levels of detail,
+    ``input1``..., are dropped) or the ``discriminator.*`` keys of an LGrad network; the fixed blur kernels must be
+    StyleGAN's. DCGAN: the demo's discriminator (``net.*``) or an LGrad network's ``discriminator.net.*``; the
+    BatchNorm variances must be > 0. Every key and shape is checked and every value must be finite; ValueError
+    names ``where`` and every mismatch."""
+    if any(k.startswith("discriminator.") for k in state):
+        state = {k.removeprefix("discriminator."): v for k, v in state.items() if k.startswith("discriminator.")}
+    state = dict(state)
+    hint = _arch_hint(state, config)
+    if isinstance(config, StyleGANDiscriminatorConfig):
+        lod = state.pop("lod", None)
+        if lod is not None and (lod.numel() != 1 or float(lod) != 0.0):
+            raise ValueError(f"{where}: lod is {lod.tolist()}; only a full-resolution discriminator (lod 0) is used")
+        state = {k: v for k, v in state.items() if not re.match(r"input[1-9]\d*\.", k)}
+        what = "StyleGAN's discriminator"
+    else:
+        what = "a DCGAN discriminator"
+    expected = build_discriminator(config).state_dict()
+    parts = _mismatch(state, expected)
+    if parts:
+        raise ValueError(f"{where}: does not fit {what} {config}{hint}: " + "; ".join(parts))
     for key, value in expected.items():
         if key.endswith("blur.kernel") and not torch.allclose(state[key].float(), value, atol=1e-6):
             raise ValueError(f"{where}: {key} is not StyleGAN's [1, 2, 1] blur kernel")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{where}: non-finite values in {bad[:10]}")
+    bad = [k for k, v in state.items() if k.endswith("running_var") and not (v > 0).all()]
+    if bad:
+        raise ValueError(f"{where}: BatchNorm variances must be > 0, not in {bad[:10]}")
     return {k: v.to(expected[k].dtype) for k, v in state.items()}
 
 
@@ -261,7 +418,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """d(sum of model(x)) / dx for a (n, ...) batch, in float32 (float64 stays float64) with autocast off, whatever
     the caller's grad mode.
 
-    For a per-image model (every StyleGANDiscriminator here) row i is the gradient of image i's own score.
+    For a per-image model (both transformation models here) row i is the gradient of image i's own score.
     """
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
@@ -270,7 +427,7 @@ def input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return grad
 
 
-def gradient_map(model: StyleGANDiscriminator, pixels: torch.Tensor) -> torch.Tensor:
+def gradient_map(model: Discriminator, pixels: torch.Tensor) -> torch.Tensor:
     """(n, 3, H, W) RGB in [0, 1] -> (n, 3, R, R) gradient maps with 8-bit values (float32 in 0..255), as the
     authors' PNG files hold them.
 
@@ -296,13 +453,17 @@ class LGradConfig:
     ``transform``: the transformation model's file (our safetensors, or the authors' ``.pth`` read with
     ``weights_only``), loaded by :meth:`LGradNet.fit` when a training run starts; a saved network carries the
     weights in its own safetensors and never reads this path again (it is kept as a record).
+    ``transform_arch``: which architecture that file holds, "stylegan" (the authors': ``fmaps_base``/``fmaps_max``)
+    or "dcgan" (the demo's GAN families: ``dcgan_width``); ``resolution`` is its input size either way.
     """
 
     input: Literal["image", "gradient"] = "image"
     transform: str | None = None
+    transform_arch: Literal["stylegan", "dcgan"] = "stylegan"
     resolution: int = 256
     fmaps_base: int = 16 << 10
     fmaps_max: int = 512
+    dcgan_width: int = 16
     layers: tuple[int, ...] = RESNET50_LAYERS
     widths: tuple[int, ...] = RESNET50_WIDTHS
     stem_width: int = 64
@@ -310,9 +471,13 @@ class LGradConfig:
     input_mean: tuple[float, ...] = IMAGENET_MEAN  # the pipeline's normalisation of images and of gradient PNGs
     input_std: tuple[float, ...] = IMAGENET_STD
 
-    def discriminator(self) -> StyleGANDiscriminatorConfig:
-        return StyleGANDiscriminatorConfig(
-            resolution=self.resolution, fmaps_base=self.fmaps_base, fmaps_max=self.fmaps_max
+    def discriminator(self) -> DiscriminatorConfig:
+        return discriminator_config(
+            self.transform_arch,
+            resolution=self.resolution,
+            fmaps_base=self.fmaps_base,
+            fmaps_max=self.fmaps_max,
+            width=self.dcgan_width,
         )
 
     def validate(self) -> None:
@@ -334,7 +499,7 @@ def for_raw_images(config: LGradConfig) -> LGradConfig:
 class LGradNet(ResNetTrunk):
     """(n, 3, H, W) normalised images (``input="image"``) or normalised gradient maps (``input="gradient"``)
     -> (n,) logits. State dict: the classifier with torchvision's names (conv1 ... fc, CNNSpot's layout) and the
-    frozen transformation model under ``discriminator.``."""
+    frozen transformation model (StyleGAN's or a DCGAN's discriminator) under ``discriminator.``."""
 
     imagenet_exclude = ("discriminator.",)  # importer.load_imagenet_weights: the trunk is the classifier only
 
@@ -347,7 +512,7 @@ class LGradNet(ResNetTrunk):
             stem_width=config.stem_width,
             fc_init_std=config.fc_init_std,
         )
-        self.discriminator = StyleGANDiscriminator(config.discriminator())
+        self.discriminator = build_discriminator(config.discriminator())
         self.register_buffer("mean", torch.tensor(config.input_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.input_std).view(1, 3, 1, 1), persistent=False)
         self.config = config
