@@ -423,3 +423,31 @@ def test_a_lagging_event_loop_refuses_before_parsing_and_counts_the_wait(tiny, e
     t0 = time.monotonic()
     ticket = Admission(capacity=2).admit(1, waited=0.3)
     assert t0 - 0.31 <= ticket.arrived <= time.monotonic() - 0.3
+
+
+def test_a_request_admitted_under_lag_has_it_counted_twice_into_its_deadline(tiny, engine, monkeypatch):
+    """Admitted while the loop runs 0.3 s behind (under the bound of 0.5 s): its arrival is taken 0.3 s earlier,
+    and 0.3 s more are kept for the answer's way back, so the engine gets about 1.0 - 0.6 s, not 1.0 s."""
+    app = create_app(engine, max_files=2, max_queued_images=4, deadline_s=1.0)
+    seen = []
+    real = engine.score_prepared
+
+    def record(items, *, deadline=None, cancel=None):
+        seen.append(deadline - time.monotonic())
+        return real(items, deadline=None, cancel=cancel)
+
+    monkeypatch.setattr(engine, "score_prepared", record)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as c:
+            assert (await c.get("/healthz")).status_code == 200
+            await asyncio.sleep(0.1)
+            calm = await c.post("/v1/detect", files=_files(1, tiny["png"]))
+            time.sleep(0.3)
+            lagged = await c.post("/v1/detect", files=_files(1, tiny["png"]))
+            return calm, lagged
+
+    calm, lagged = asyncio.run(scenario())
+    assert calm.status_code == 200 and lagged.status_code == 200
+    assert 0.7 < seen[0] <= 1.0 and seen[1] < 0.45, seen

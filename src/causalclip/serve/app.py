@@ -14,7 +14,8 @@ Back-pressure: at most ``max_queued_images`` images are admitted and unanswered 
 gets 503 with ``Retry-After`` at once (a full server does not parse its body). ``deadline_s`` is when an answer
 is due, counted from the request's arrival (admission time minus the event loop's current lag, which is about
 how long the request waited before the server could read it): an admitted request that would not be answered by
-then gets 503 too, unscored, as soon as that is known; one whose client went away is dropped from the queue.
+then (its pass's predicted end plus the loop's lag for the way back) gets 503 too, unscored, as soon as that is
+known; one whose client went away is dropped from the queue.
 While the event loop runs more than half the deadline behind (a flood of connections), new requests get 503
 before their body is parsed. With ``api_key`` every ``/v1/`` route needs ``Authorization: Bearer <key>`` (checked
 before the body is parsed); the page, the docs and the health routes stay open.
@@ -459,8 +460,9 @@ def create_app(
                     413,
                 )
             items.append((name, data))
-        # from the request's arrival: reading and parsing its body count too (under overload they are slow)
-        deadline = ticket.arrived + deadline_s
+        # From the request's arrival: reading and parsing its body count too (under overload they are slow). The
+        # answer goes back through the event loop, which runs loop_lag behind: that much is kept for the way back.
+        deadline = ticket.arrived + deadline_s - loop_lag.current()
         gone = threading.Event()
         watcher = asyncio.create_task(_watch_disconnect(request, gone))
         try:
