@@ -113,6 +113,23 @@ def test_the_network_scores_the_patches_the_selection_picked():
     assert torch.equal(patches[0], ref[0])
 
 
+def test_local_size_resizes_the_same_patches_to_it_and_the_trunk_reads_them():
+    """FusingConfig.local_size (the demo's cheaper Fusing): the same boxes, each resized to local_size, not the global
+    view's size; the network still scores them (its output differs from the authors' resize)."""
+    torch.manual_seed(0)
+    small = build_network("fusing", {**TINY, "local_size": 32}).eval()
+    x = torch.randn(2, 3, 96, 80)
+    boxes = torch.tensor([[[0, 0, 48, 48], [10, 20, 34, 44]]] * 2)
+    patches = small.crop_patches(x, boxes)
+    assert patches.shape == (4, 3, 32, 32)
+    ref = torch.nn.functional.interpolate(x[1:, :, 10:34, 20:44], size=(32, 32), mode="bilinear", align_corners=True)
+    assert torch.equal(patches[3], ref[0])
+    with torch.no_grad():
+        assert small(x).shape == (2,) and torch.isfinite(small(x)).all()
+    with pytest.raises(ValueError, match="local_size"):
+        build_network("fusing", {**TINY, "local_size": 0})
+
+
 def test_a_global_size_too_small_for_the_windows_is_refused():
     assert feature_map_side(224, 4) == 7 and feature_map_side(128, 4) == 4
     with pytest.raises(ValueError, match="2 x 2 feature map"):
