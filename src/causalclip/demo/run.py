@@ -5,7 +5,9 @@ Images in, cross-generator results out, with nothing downloaded::
     build (or reuse) the benchmark      real tiles + four generator families' fakes   (demo.build)
     extract features of every tile      causalclip.extract, layout "manifest", a weight-free forensic backbone
     per family: a feature set           that family's fakes + the split's reals (relabelled to the family)
-    train on one family                 CausalCLIP, UnivFD, VIB-Net heads (causalclip.train), every family in turn
+    train on one family                 CausalCLIP, UnivFD, VIB-Net heads (causalclip.train), every family in turn;
+                                        NPR, CNNSpot, FreDect, Fusing, LGrad on the tiles' pixels (causalclip.pixel;
+                                        LGrad's transform: a GAN family's trained discriminator)
       (or, protocol "leave-one-out":   on the union of all families but one, each family left out in turn)
     test on all families                causalclip.evaluate, balanced reals/fakes per family
     report                              tables in the paper's Table 1-4 format, results.csv, plots, a detector

@@ -347,8 +347,9 @@ def load_imagenet_weights(module: nn.Module, path: PathLike) -> dict[str, Any]:
 
 
 def read_lgrad_transform(path: PathLike, config: Any) -> dict[str, torch.Tensor]:
-    """The state dict of LGrad's transformation model (:class:`~causalclip.networks.lgrad.StyleGANDiscriminator`
-    built from ``config``) read from ``path``: the authors' genforce file
+    """The state dict of LGrad's transformation model (:class:`~causalclip.networks.lgrad.StyleGANDiscriminator`,
+    or :class:`~causalclip.networks.lgrad.DCGANDiscriminator` for a DCGAN ``config``: a demo GAN family's
+    ``discriminator.safetensors``, built from ``config``) read from ``path``: the authors' genforce file
     (``karras2019stylegan-bedrooms-256x256_discriminator.pth``, a bare state dict, read with ``weights_only``), our
     safetensors of the discriminator, or any file whose ``discriminator.*`` keys hold one (an LGrad run's
     model.safetensors); checked key by key (:func:`~causalclip.networks.lgrad.discriminator_state`)."""
