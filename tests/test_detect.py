@@ -70,6 +70,25 @@ def test_engine_scores_like_a_direct_computation(tiny, engine):
     np.testing.assert_array_equal([d.fake_probability for d in by_bytes], p)
 
 
+def test_compiled_engine_compiles_every_batch_size_before_it_scores(tiny):
+    """compile: the backbone goes through torch.compile and every batch size 1..batch_size is compiled while the
+    engine loads (a compile counter as the backend sees each graph), so requests of any size compile nothing; the
+    scores are the reference's."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    eng = DetectionEngine(tiny["detector"], batch_size=3, compile=counter)
+    loaded = counter.frame_count
+    assert loaded >= 1 and eng.compiled and eng.passes == 0 and eng.warm_up_seconds > 0
+    assert eng.describe()["compiled"] is True
+    for n in (1, 2, 3, 5):  # 5: a pass of 3 and one of 2
+        got = [d.fake_probability for d in eng.detect_paths(tiny["paths"][:n])]
+        np.testing.assert_allclose(got, reference(tiny, tiny["paths"][:n]), rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == loaded  # nothing compiled in a request
+    torch._dynamo.reset()
+
+
 def _concurrently(eng, prepared):
     """Score each item from its own thread while a pass is "running" (the turn lock held), then let them go."""
     results = [None] * len(prepared)

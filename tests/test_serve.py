@@ -286,3 +286,29 @@ def test_serve_command_loads_and_runs_uvicorn(tiny, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["serve", str(tiny["detector"]), "--max-queued-images", "8"]) == 2
     assert "max_queued_images (8) must be at least max_files (32)" in capsys.readouterr().err
+
+
+def test_serve_compile_compiles_and_warms_up_before_listening(tiny, monkeypatch, capsys):
+    """--compile: the backbone goes through torch.compile with inductor (here replaced by the eager backend, which
+    traces the same graphs in seconds) and is warmed up before the server would listen."""
+    import torch
+
+    import causalclip.cli.serve as serve_cli
+    from causalclip.cli.main import main
+
+    real_compile, backends, seen = torch.compile, [], {}
+
+    def traced(model, *, backend):
+        backends.append(backend)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", traced)
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, **kw: seen.update(app=app, **kw))
+    torch._dynamo.reset()
+    assert main(["serve", str(tiny["detector"]), "--compile", "--batch-size", "2", "--threads", "1"]) == 0
+    assert backends == ["inductor"]
+    with TestClient(seen["app"]) as c:
+        m = c.get("/v1/model").json()
+    assert m["compiled"] is True and m["warm_up_seconds"] > 0
+    assert "compiled, warmed up in" in capsys.readouterr().err
+    torch._dynamo.reset()

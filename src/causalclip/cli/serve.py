@@ -106,13 +106,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         crops=args.crops,
         max_crops=args.max_crops,
         batch_size=args.batch_size,
+        compile=args.compile,
     )
     engine = app.state.engine
     auth = "API key required on /v1/" if api_key else "no authentication"
     print(
         f"causalclip serve: {_what(engine.describe())}, threshold "
         f"{engine.threshold:.6g}; page http://{args.host}:{args.port}/ , API docs http://{args.host}:{args.port}/docs"
-        f"; {auth}; at most {args.max_queued_images} images queued, deadline {args.deadline:g} s",
+        f"; {auth}; at most {args.max_queued_images} images queued, deadline {args.deadline:g} s"
+        + (f"; compiled, warmed up in {engine.warm_up_seconds:.0f} s" if engine.compiled else ""),
         file=sys.stderr,
     )
     run_server(app, host=args.host, port=args.port, log_level=args.log_level, grace_s=args.shutdown_grace)
@@ -196,5 +198,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: as the features were made")
     p.add_argument("--device", default=engine_default("device"))
     p.add_argument("--threads", type=int, help="torch threads on CPU (default: all cores but one)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbone and run one pass of every batch size 1..--batch-size before listening "
+        "(start-up takes longer: minutes for ViT-L/14 on a CPU; see the serving guide for when it pays)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_cmd_serve)

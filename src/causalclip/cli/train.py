@@ -155,10 +155,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--ablation", choices=sorted(ABLATIONS), help="Table 5 configuration (causalclip head)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. tau=0.5 or train.patience=3")
     t.add_argument(
-        "--epochs", type=int, help=f"maximum epochs (default {d.epochs}; early stopping usually ends sooner)"
+        "--epochs",
+        type=int,
+        help=f"maximum epochs (default: the head's recipe, else {d.epochs}; early stopping usually ends sooner)",
     )
-    t.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    t.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
+    t.add_argument("--batch-size", type=int, help=f"default: the head's recipe, else {d.batch_size}")
+    t.add_argument("--lr", type=float, help=f"learning rate (default: the head's recipe, else {d.lr:g})")
     t.add_argument("--seed", type=int, help=f"default {d.seed}")
     t.add_argument("--device", help=f"{d.device} (default), cuda, cuda:1, ...")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")

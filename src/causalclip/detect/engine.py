@@ -19,7 +19,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..backbones.base import Backbone, bf16_supported
+from ..backbones.base import Backbone, BackboneError, bf16_supported
 from ..backbones.registry import load_backbone
 from ..detector.folder import Detector, DetectorError, read_detector
 from ..images.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb, pil_to_rgb
@@ -241,7 +241,10 @@ class DetectionEngine:
     features were extracted in where the device runs it natively (else ``auto``). ``backbone_model``: a hub id or
     folder replacing the recorded CLIP model (same weights elsewhere). ``threshold``: None uses the detector's.
     ``crops``: ``center`` (the paper's single centre crop) or ``grid`` (up to ``max_crops`` tiles, probabilities
-    averaged). ``batch_size`` counts backbone inputs (crops), ``workers`` decoding threads.
+    averaged). ``batch_size`` counts backbone inputs (crops), ``workers`` decoding threads. ``compile``:
+    ``torch.compile`` the backbone (True: the inductor backend; a name or callable gives another backend) and run one
+    pass of every batch size 1..``batch_size`` before the engine is returned, so that compilation (minutes for
+    ViT-L/14 on a CPU) happens while loading, not in the first requests (:meth:`warm_up`).
     """
 
     def __init__(
@@ -257,6 +260,7 @@ class DetectionEngine:
         batch_size: int = 8,
         workers: int = 2,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        compile: bool | str | Callable[..., Any] = False,
     ) -> None:
         if crops not in CROP_MODES:
             raise ValueError(f"crops must be one of {list(CROP_MODES)}, got {crops!r}")
@@ -279,6 +283,8 @@ class DetectionEngine:
                 raise DetectorError(f"{det.folder}: a network detector has no backbone to replace (backbone_model)")
             if precision not in (None, "fp32"):
                 raise DetectorError(f"{det.folder}: a network detector runs in fp32, not {precision!r}")
+            if compile:
+                raise DetectorError(f"{det.folder}: compile applies to a backbone; a network detector has none")
             self.precision, self.backbone = "fp32", None
         else:
             spec, options = backbone_spec(
@@ -288,6 +294,13 @@ class DetectionEngine:
             self.backbone = load_backbone(spec, device=self.device, precision=self.precision, **options)
             self.backbone.eval()
             check_backbone(det, self.backbone, model_overridden=backbone_model is not None)
+            if compile:
+                try:
+                    model = self.backbone.model
+                except BackboneError as exc:  # combined forensic backbones have no one network to compile
+                    raise DetectorError(f"{det.folder}: cannot compile this backbone: {exc}") from exc
+                backend = "inductor" if compile is True else compile
+                self.backbone.model = torch.compile(model, backend=backend)
         self.threshold = det.threshold if threshold is None else float(threshold)
         if not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number, got {threshold!r}")
@@ -297,11 +310,15 @@ class DetectionEngine:
         self._cond = threading.Condition()  # guards the queue; wakes the inference thread
         self._queue: collections.deque[_Job] = collections.deque()
         self._worker: threading.Thread | None = None
+        self.compiled = bool(compile)
+        self.warm_up_seconds: float | None = None  # set by warm_up()
         self.passes = 0  # forward passes run (batches), for tests and monitoring
         self.dropped = 0  # queued requests dropped unscored (deadline passed or cancelled)
         # Seconds per backbone input of the latest passes (inference thread only): predicts whether a pass would
         # end after a queued job's deadline, see _run_queued.
         self._pass_seconds: collections.deque[float] = collections.deque(maxlen=_PASS_HISTORY)
+        if self.compiled:
+            self.warm_up()
 
     # ---- describing
 
@@ -324,7 +341,22 @@ class DetectionEngine:
             "max_crops": self.max_crops if self.crops == "grid" else 1,
             "device": str(self.device),
             "precision": getattr(self.backbone, "precision", self.precision) if self.backbone else self.precision,
+            "compiled": self.compiled,
+            "warm_up_seconds": self.warm_up_seconds,
         }
+
+    def warm_up(self) -> list[int]:
+        """One forward pass of every batch size 1..``batch_size`` on blank inputs (not counted in ``passes``), so
+        that a compiled backbone compiles for each size now rather than in a request; returns the sizes run.
+        The engine calls it itself when ``compile`` is set."""
+        size = self.preprocessing.size
+        t0 = time.perf_counter()
+        sizes = list(range(1, self.batch_size + 1))
+        with self._lock:
+            for n in sizes:
+                self._forward(np.zeros((n, 3, size, size), np.float32))
+        self.warm_up_seconds = time.perf_counter() - t0
+        return sizes
 
     # ---- pixels
 
