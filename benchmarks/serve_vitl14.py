@@ -7,9 +7,8 @@ For each configuration a server process is started on 127.0.0.1, warmed up, then
 Configurations (the extraction speed levers that apply to one server process; docs/reports/extraction-speed.md):
   - bf16, torch threads = cores - 1 (what `causalclip serve --precision bf16` does by default);
   - bf16, torch threads = all cores (--threads 2 on the 2-core VM);
-  - bf16 + torch.compile of the backbone (not a `causalclip serve` option: this script's own server process runs
-    the same create_app and run_server as the command, plus torch.compile and a pass of every batch size 1..8
-    before it listens, so that no request waits for a compilation), threads as the faster above.
+  - bf16 + `causalclip serve --compile` (torch.compile of the backbone and a pass of every batch size 1..8 before
+    it listens, so that no request waits for a compilation), threads as the faster above.
 The CLS-only last layer (backbones/clipfast.py) is on in all of them (the CLIP backbone uses it by default). One
 process per core, the other extraction lever, does not apply: one server holds one engine.
 
@@ -44,26 +43,6 @@ CONFIGS = {
 }
 
 
-def child(args) -> int:
-    """A server process like `causalclip serve`, with the backbone torch.compile'd (--compile)."""
-    import torch
-
-    from causalclip.cli.serve import run_server
-    from causalclip.serve.app import create_app
-
-    torch.set_num_threads(args.threads)
-    app = create_app(args.child, precision="bf16")
-    if args.compile:
-        engine = app.state.engine
-        engine.backbone.model = torch.compile(engine.backbone.model)  # as load_backbone(compile=True) does
-        # Compile for every batch size a pass can have (1..batch_size) before listening: concurrent requests share
-        # passes of varying size, and each new size would otherwise recompile in the middle of the load.
-        for n in range(1, engine.batch_size + 1):
-            engine.probabilities(np.zeros((n, 3, 224, 224), np.float32))
-    run_server(app, host="127.0.0.1", port=args.port, log_level="warning", grace_s=10)
-    return 0
-
-
 def bare_forward(detector: Path, threads: int, compiled: bool, reps: int) -> dict[str, float]:
     """Seconds per forward pass of one preprocessed 224 x 224 image (median and min of ``reps``)."""
     import torch
@@ -87,13 +66,9 @@ def bare_forward(detector: Path, threads: int, compiled: bool, reps: int) -> dic
 
 def start_server(detector: Path, port: int, threads: int | None, compiled: bool) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if compiled:
-        cmd = [sys.executable, __file__, "--child", str(detector), "--port", str(port), "--compile"]
-        cmd += ["--threads", str(threads or max(1, (os.cpu_count() or 2) - 1))]
-    else:
-        cmd = [sys.executable, "-m", "causalclip", "serve", str(detector), "--port", str(port), "--precision", "bf16"]
-        cmd += ["--log-level", "warning"] + (["--threads", str(threads)] if threads else [])
-    return subprocess.Popen(cmd, env=env)
+    cmd = [sys.executable, "-m", "causalclip", "serve", str(detector), "--port", str(port), "--precision", "bf16"]
+    cmd += ["--log-level", "warning"] + (["--threads", str(threads)] if threads else [])
+    return subprocess.Popen(cmd + (["--compile"] if compiled else []), env=env)
 
 
 def wait_ready(server: subprocess.Popen, base: str, limit: float = 300) -> float:
@@ -154,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bare-reps", type=int, default=7, help="timed bare forward passes per setting (0: skip)")
     p.add_argument("--time-limit", type=float, default=600, help="per measurement, seconds")
     p.add_argument("--out", help="also write the results as JSON here")
-    p.add_argument("--child", metavar="DETECTOR", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        return child(args)
     names = [c for c in args.configs.split(",") if c]
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
