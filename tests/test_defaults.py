@@ -56,9 +56,9 @@ def _help(command: str) -> str:
 
 def test_train_help_states_the_dataclass_defaults():
     d, text = TrainConfig(), _help("train")
-    assert f"maximum epochs (default {d.epochs};" in text
-    assert f"--batch-size BATCH_SIZE default {d.batch_size}" in text
-    assert f"learning rate (default {d.lr:g})" in text
+    assert f"maximum epochs (default: the head's recipe, else {d.epochs};" in text
+    assert f"--batch-size BATCH_SIZE default: the head's recipe, else {d.batch_size}" in text
+    assert f"learning rate (default: the head's recipe, else {d.lr:g})" in text
     assert f"--seed SEED default {d.seed}" in text
 
 
