@@ -178,12 +178,47 @@ async def sample_rss(pid: int, series: list, phase: list[str], stop: asyncio.Eve
             pass
 
 
+async def sample_readiness(port: int, samples: list, phase: list[str], stop: asyncio.Event) -> None:
+    """GET /readyz twice a second: the server's own view (status, queued images, event-loop lag)."""
+    request = f"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+    t0 = time.monotonic()
+    while not stop.is_set():
+        t = round(time.monotonic() - t0, 2)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            answer = await reader.read()
+            writer.close()
+            body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+            samples.append((t, phase[0], body["status"], body["queued_images"], body.get("loop_lag_s")))
+        except (OSError, ValueError, IndexError, KeyError):
+            samples.append((t, phase[0], "no answer", None, None))
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        except TimeoutError:
+            pass
+
+
+def readiness_summary(samples: list, phase: str) -> dict:
+    """Per phase: how often each readiness status was seen, the largest event-loop lag and queue."""
+    rows = [s for s in samples if s[1] == phase]
+    lags = [s[4] for s in rows if s[4] is not None]
+    queued = [s[3] for s in rows if s[3] is not None]
+    statuses: dict[str, int] = {}
+    for s in rows:
+        statuses[s[2]] = statuses.get(s[2], 0) + 1
+    return {"samples": len(rows), "statuses": statuses, "max_loop_lag_s": max(lags, default=None),
+            "median_loop_lag_s": float(np.median(lags)) if lags else None, "max_queued_images": max(queued, default=None)}  # fmt: skip
+
+
 async def run_all(port: int, pid: int, images: list[bytes], args) -> dict:
     requests = raw_requests(port, images)
     series: list = []
+    ready_samples: list = []
     phase = ["warm-up"]
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_rss(pid, series, phase, stop))
+    ready_sampler = asyncio.create_task(sample_readiness(port, ready_samples, phase, stop))
     out: dict = {}
     await closed_loop(port, requests, args.warmup, min(args.concurrency, args.warmup), Recorder("warm-up"))
     phase[0] = "capacity"
@@ -204,6 +239,7 @@ async def run_all(port: int, pid: int, images: list[bytes], args) -> dict:
         "target_rps": rate,
         "started_rps": _started_rps(soak),
         "late_starts": soak.late_starts,
+        "readiness": readiness_summary(ready_samples, "soak"),
     }
     soak_rss = [r for _, p, r in series[soak_start:] if p == "soak" and r is not None]
 
@@ -218,7 +254,13 @@ async def run_all(port: int, pid: int, images: list[bytes], args) -> dict:
         print(f"burst {b + 1}: {n} requests at {rate:.1f}/s ...", flush=True)
         await open_loop(port, requests, rate, n, rec, args.max_in_flight)
         bursts.append(
-            {**rec.summary(), "target_rps": rate, "started_rps": _started_rps(rec), "late_starts": rec.late_starts}
+            {
+                **rec.summary(),
+                "target_rps": rate,
+                "started_rps": _started_rps(rec),
+                "late_starts": rec.late_starts,
+                "readiness": readiness_summary(ready_samples, f"burst {b + 1}"),
+            }
         )
         out.setdefault("_burst_recorders", []).append(rec)
     out["bursts"] = bursts
@@ -226,6 +268,8 @@ async def run_all(port: int, pid: int, images: list[bytes], args) -> dict:
     await asyncio.sleep(1.5)
     stop.set()
     await sampler
+    await ready_sampler
+    out["readiness_series"] = ready_samples
     tenth = max(1, len(soak_rss) // 10)
     first, last = float(np.median(soak_rss[:tenth])), float(np.median(soak_rss[-tenth:]))
     out["rss"] = {
@@ -351,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
             + f"200s {ph['answered_200_rps']:.1f}/s); statuses {ph['status_counts']}; failures "
             f"{ph['connection_failures']}; ms p50/p95/p99 all {fmt(a)}, 200s {fmt(ok)}"
         )
+        if "readiness" in ph:
+            r = ph["readiness"]
+            lag = (
+                "-"
+                if r["max_loop_lag_s"] is None
+                else f"median {r['median_loop_lag_s']:.3f} s, max {r['max_loop_lag_s']:.3f} s"
+            )
+            print(f"{'':>12}/readyz: {r['statuses']}; event-loop lag {lag}; queued images max {r['max_queued_images']}")
     print(
         f"RSS MB: soak first tenth {rss['soak_first_tenth_mb']:.0f}, last tenth {rss['soak_last_tenth_mb']:.0f} "
         f"({rss['soak_growth_pct']:+.1f}%), max {rss['max_mb']:.0f}; server exit status {exit_status}"

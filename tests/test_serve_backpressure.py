@@ -451,3 +451,27 @@ def test_a_request_admitted_under_lag_has_it_counted_twice_into_its_deadline(tin
     calm, lagged = asyncio.run(scenario())
     assert calm.status_code == 200 and lagged.status_code == 200
     assert 0.7 < seen[0] <= 1.0 and seen[1] < 0.45, seen
+
+
+def test_pass_time_prediction_follows_a_slowdown_at_once_and_forgets_an_old_outlier(engine, monkeypatch):
+    real, delays = engine._forward, []
+
+    def timed(pixels):
+        time.sleep(delays.pop(0))
+        return real(pixels)
+
+    monkeypatch.setattr(engine, "_forward", timed)
+    x = np.zeros((2, 3, 224, 224), np.float32)
+    assert engine.predicted_pass_seconds(2) == 0.0  # nothing measured yet
+
+    def run(*seconds):
+        for s in seconds:
+            delays.append(s)
+            engine.probabilities(x)
+
+    run(0.3, *[0.02] * 8)  # a slow first pass, then 8 fast ones: the median forgets it
+    assert engine.predicted_pass_seconds(2) < 0.1
+    run(0.4)  # a slowdown begins: the very next prediction counts it
+    assert engine.predicted_pass_seconds(2) >= 0.4
+    run(0.02)  # over: back to the median
+    assert engine.predicted_pass_seconds(2) < 0.1

@@ -409,8 +409,8 @@ class DetectionEngine:
         ``deadline`` (a ``time.monotonic()`` value by which the answer is wanted) and ``cancel`` (set by another
         thread) drop the request from the queue while no pass has taken it yet, raising :class:`DeadlineExceeded`
         or :class:`RequestCancelled`; a request already in a pass finishes (a pass is not interrupted). A pass is
-        not started for a request it would answer after its deadline: the median time per input of the latest
-        passes, times the pass's inputs, predicts when the pass ends (on a CPU a pass costs about its inputs
+        not started for a request it would answer after its deadline: the time per input of the latest passes
+        (:meth:`predicted_pass_seconds`), times the pass's inputs, predicts when the pass ends (on a CPU a pass costs about its inputs
         times one input's pass; where batching is cheaper, as on a GPU, the prediction errs late, towards scoring).
         A server uses them so that work nobody waits for any more never costs a forward pass, and so that an
         answer does not come later than the deadline its client was promised.
@@ -463,10 +463,12 @@ class DetectionEngine:
                 self._run_queued()
 
     def predicted_pass_seconds(self, inputs: int) -> float:
-        """Seconds a pass over ``inputs`` backbone inputs is expected to take: the median time per input of the
-        latest passes times ``inputs`` (0 before the first pass)."""
+        """Seconds a pass over ``inputs`` backbone inputs is expected to take: the time per input of the latest
+        passes times ``inputs`` (0 before the first pass). The time per input is the larger of their median and the
+        very latest pass's: one slow pass long ago does not count, but a slowdown that has just begun (a burst whose
+        decoding competes with the passes for the cores) counts at once."""
         history = list(self._pass_seconds)
-        return float(np.median(history)) * inputs if history else 0.0
+        return max(float(np.median(history)), history[-1]) * inputs if history else 0.0
 
     def _run_queued(self) -> None:
         """Under ``_lock``: one pass over the oldest queued jobs that fit in a batch (at least one job).
