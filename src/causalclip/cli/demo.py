@@ -65,7 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--cache", metavar="DIR", help="benchmark cache (default $CAUSALCLIP_CACHE or ~/.cache/causalclip/demo)"
     )
     d.add_argument(
-        "--preset", choices=PRESET_NAMES, default="full", help="full (about 8 min to build here) or tiny (seconds)"
+        "--preset",
+        choices=PRESET_NAMES,
+        default="full",
+        help="full (about 9 min on 2 CPU cores from an empty cache, a few once the benchmark is cached) or tiny "
+        "(seconds)",
     )
     d.add_argument("--photos", action="append", metavar="DIR", help="also use your own photos (sub-folder = scene)")
     d.add_argument("--no-builtin-photos", action="store_true", help="only the --photos folders")

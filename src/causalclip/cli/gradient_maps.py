@@ -3,7 +3,7 @@
 Every image listed by ``--layout`` under ROOT becomes the 8-bit gradient map of the transformation model
 (:func:`causalclip.networks.lgrad.gradient_map`, the authors' normalisation) written losslessly as
 ``DIR/<its path relative to ROOT, suffix .png>``: the same folder layout, so ``causalclip train --head lgrad
---train DIR ... lgrad.input=gradient`` reads it with the same ``--layout``. ``DIR/manifest.csv`` (path, label,
+--train DIR ... --set lgrad.input=gradient`` reads it with the same ``--layout``. ``DIR/manifest.csv`` (path, label,
 generator) lists every map for ``--layout manifest`` too, ``DIR/errors.csv`` every input that could not be used, and
 ``DIR/gradient_maps.json`` the transformation model (file, sha256, architecture: StyleGAN's or, ``--arch dcgan``, a
 DCGAN discriminator such as a demo GAN family's) and the settings.
@@ -200,11 +200,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gradient-maps",
         help="cache LGrad's gradient maps of a data set as PNGs",
-        description="Write the gradient map of every image (LGrad: the gradient of a frozen StyleGAN discriminator's "
-        "score with respect to the image resized to 256 x 256, normalised per image to 8 bits) as a PNG in the same "
-        "folder layout under --out, with manifest.csv, errors.csv and gradient_maps.json. Resumable: run the same "
-        "command again to finish. Train on the result with `causalclip train --head lgrad --train DIR ... "
-        "lgrad.input=gradient lgrad.transform=FILE`.",
+        description="Write the gradient map of every image (LGrad: the gradient of a frozen discriminator's score, "
+        "the authors' StyleGAN or with --arch dcgan a DCGAN such as a demo GAN family's, with respect to the image "
+        "resized to --resolution, normalised per image to 8 bits) as a PNG in the same folder layout under --out, "
+        "with manifest.csv, errors.csv and gradient_maps.json. Resumable: run the same command again to finish. "
+        "Train on the result with `causalclip train --head lgrad --train DIR ... --set lgrad.input=gradient --set "
+        "lgrad.transform=FILE` (for a DCGAN also lgrad.transform_arch=dcgan and lgrad.resolution=N).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("root", metavar="ROOT", help="data set folder (or manifest file)")

@@ -191,7 +191,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--crops", choices=["center", "grid"], default=engine_default("crops"), help="as in `causalclip detect`"
     )
-    p.add_argument("--max-crops", type=int, default=engine_default("max_crops"), metavar="N")
+    p.add_argument(
+        "--max-crops",
+        type=int,
+        default=engine_default("max_crops"),
+        metavar="N",
+        help="with --crops grid: at most N tiles per image (%(default)s)",
+    )
     p.add_argument("--threshold", type=float, help="label threshold (default: the detector's)")
     p.add_argument("--backbone", metavar="ID_OR_PATH", help="where the recorded CLIP model is (e.g. a local copy)")
     p.add_argument("--batch-size", type=int, default=engine_default("batch_size"), help="backbone inputs per pass")

@@ -126,7 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train",
         help="train a head on cached features, or a network on images",
-        description="Train a head on a feature set, or a network (NPR, CNNSpot, FreDect) on images; "
+        description="Train a head on a feature set, or a network (NPR, CNNSpot, FreDect, Fusing, LGrad) on images; "
         "docs/guides/comparison-methods.md lists every method.",
     )
     d = TrainConfig()  # the one definition of the training defaults

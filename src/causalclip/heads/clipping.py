@@ -254,7 +254,8 @@ class ClippingLinearProbeConfig(LinearProbeConfig):
 
 
 class ClippingLinearProbeHead(LinearProbeHead):
-    """CLIPping's linear-probe variant: UnivFD's network and loss with the authors' initialisation (a preset)."""
+    """CLIPping's linear-probe variant: UnivFD's network and loss with the authors' initialisation and SGD recipe
+    (a preset)."""
 
     name = "clipping-lp"
     config_cls = ClippingLinearProbeConfig

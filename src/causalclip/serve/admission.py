@@ -20,9 +20,10 @@ _RATE_WINDOW_S = 30.0  # answers counted for the Retry-After estimate
 
 
 class Ticket:
-    """The images one request holds; :meth:`Admission.release` gives them back. ``arrived``: when it was admitted
-    (``time.monotonic()``); ``answered``: its images were scored (set by whoever scored them; answered images
-    count for :meth:`Admission.retry_after`)."""
+    """The images one request holds; :meth:`Admission.release` gives them back. ``arrived``: when it arrived
+    (``time.monotonic()`` at admission minus ``waited``, the time it waited before admission saw it);
+    ``answered``: its images were scored (set by whoever scored them; answered images count for
+    :meth:`Admission.retry_after`)."""
 
     __slots__ = ("answered", "arrived", "images")
 

@@ -425,8 +425,9 @@ def create_app(
             422: {"model": ErrorResponse, "description": "no 'files' part, or a part is not a usable image"},
             503: {
                 "model": ErrorResponse,
-                "description": "the queue is full, the server is shutting down, or the request was not scored "
-                "within the deadline; nothing was scored",
+                "description": "the queue is full, the server is shutting down, its event loop runs more than half "
+                "the deadline behind (overloaded), or the request would not be answered within the deadline; nothing "
+                "was scored",
                 "headers": retry_after,
             },
         },
@@ -497,7 +498,9 @@ def create_app(
         "/readyz",
         summary="Readiness: whether a new request would be admitted now",
         response_model=Readiness,
-        responses={503: {"model": Readiness, "description": "full or shutting down", "headers": retry_after}},
+        responses={
+            503: {"model": Readiness, "description": "full, overloaded or shutting down", "headers": retry_after}
+        },
     )
     async def readyz() -> Any:
         lag = loop_lag.current()

@@ -7,7 +7,7 @@ DEFAULT_MAX_FILES = 32
 # Images admitted and not yet answered (uploaded, decoding, queued or in a forward pass); beyond it: 503 at once.
 # Twice the largest request, so one full request never blocks the next one on its own.
 DEFAULT_MAX_QUEUED_IMAGES = 2 * DEFAULT_MAX_FILES
-# Seconds from a request's arrival until it must be in a forward pass; later: 503, unscored.
+# Seconds from a request's arrival until its answer is due; a request that would be answered later: 503, unscored.
 DEFAULT_DEADLINE_S = 30.0
 # Seconds that in-flight requests get to finish after SIGTERM before they are cancelled.
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
