@@ -1,4 +1,4 @@
-"""Training speed of the networks trained on images (NPR, CNNSpot, FreDect) on this machine (a benchmark, not a test).
+"""Training speed of the networks trained on images (NPR, CNNSpot, FreDect, Fusing) on this machine (a benchmark, not a test).
 
 What it measures, all in one run so that the figures compare with each other:
 

@@ -499,3 +499,19 @@ def test_protocol_names_and_errors(tmp_path):
     with pytest.raises(DemoError, match="unknown protocol"):
         run_demo(tmp_path / "o", DemoConfig.preset("tiny", protocol="leave-two-out"), cache=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()  # refused before building anything
+
+
+@pytest.mark.parametrize("head", ["causalclip", "univfd", "vib", "clipping-lp"])
+def test_every_demo_head_trains_under_the_demos_protocol_with_its_recipes_optimiser(head):
+    """The demo's training overrides put every head on the same protocol (plateau schedule, early stopping on
+    validation BCE, the demo's lr and batch), so clipping-lp's fixed constant-rate recipe does not run 60 epochs
+    without stopping; the optimiser stays the recipe's."""
+    from causalclip.demo.run import DEFAULT_TRAIN
+    from causalclip.heads.registry import HEADS
+    from causalclip.training.config import TrainConfig, resolve_run_config
+
+    train = resolve_run_config(head, overrides=dict(DEFAULT_TRAIN)).train
+    assert (train.lr_schedule, train.warmup_epochs, train.lr, train.batch_size, train.patience) == (
+        "plateau", 0, 1e-3, 64, 5)  # fmt: skip
+    recipe_optimizer = dict(HEADS[head].train_recipe).get("optimizer", TrainConfig().optimizer)
+    assert train.optimizer == recipe_optimizer

@@ -86,11 +86,15 @@ HEAD_LABELS = {
 # Training of the heads in the demo. The paper's defaults (lr 1e-4, batch 256, early stopping on AP) are made
 # for ~700k CLIP features; here there are ~1.3k training vectors, so: smaller batches, a larger learning rate,
 # early stopping on validation BCE (AP saturates at 1 on the training family's validation split). Chosen
-# before looking at any test numbers and kept fixed; validation data only decides the epoch.
+# before looking at any test numbers and kept fixed; validation data only decides the epoch. Every head trains under
+# that one protocol (the learning rate divided on plateaus, no warm-up), whatever fixed schedule its recipe names
+# (clipping-lp's constant rate); each keeps its recipe's optimiser.
 DEFAULT_TRAIN: dict[str, Any] = {
     "train.epochs": 60,
     "train.batch_size": 64,
     "train.lr": 1e-3,
+    "train.lr_schedule": "plateau",
+    "train.warmup_epochs": 0,
     "train.patience": 5,
     "train.early_stop_metric": "loss",
     "train.nc_probe_every": 0,
