@@ -114,6 +114,25 @@ def test_demo_runs_the_protocol_end_to_end(tiny_demo, capsys):
     assert det.provenance["train_family"] == "tconv-gan"
 
 
+def test_printed_ranking_says_which_detector_transfers_in_the_summarys_order(tiny_demo):
+    """The line that answers "which detector transfers" lists every method once, in decreasing order of the
+    summary table's Avg column (results.csv: mean over training families of the mean AP on unseen families)."""
+    out = tiny_demo / "out"
+    results = pd.read_csv(out / "results.csv")
+    unseen = results[~results["seen"]].groupby(["head", "train_family"])["ap"].mean().groupby("head").mean()
+    printed = (tiny_demo / "printed.txt").read_text()
+    line = next(x for x in printed.splitlines() if x.startswith("Which detector transfers:"))
+    assert line in (out / "results.md").read_text()
+    pairs = [item.rsplit(" ", 1) for item in line.split(": ", 2)[-1].rstrip(".").split(", ")]
+    labels = DemoConfig.preset("tiny").method_labels()
+    assert sorted(name for name, _ in pairs) == sorted(labels[m] for m in unseen.index)
+    values = [float(v) for _, v in pairs]
+    assert values == sorted(values, reverse=True)
+    by_label = {labels[m]: 100 * v for m, v in unseen.items()}
+    for name, value in pairs:
+        assert float(value) == pytest.approx(by_label[name], abs=0.006)
+
+
 def test_lgrad_and_fusing_run_and_every_table_names_lgrads_transform(tiny_demo):
     """LGrad's transformation model is tconv-gan's trained discriminator (the file the benchmark keeps, loaded into
     the network unchanged); every table's LGrad row says so, and the notes say its tconv-gan column is not unseen."""

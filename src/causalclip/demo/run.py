@@ -900,6 +900,15 @@ def run_demo(
     )
 
 
+def transfer_ranking(summary: ResultsTable, cfg: DemoConfig) -> str:
+    """One sentence that answers which detector transfers: every method ranked by the summary's Avg (mean AP on
+    the families it was not trained on), from the numbers of this run."""
+    avg = summary.frame["Avg"].astype(float).sort_values(ascending=False, kind="stable")
+    ranked = ", ".join(f"{method} {value:.2f}" for method, value in avg.items())
+    unseen = "the family left out" if _loo(cfg) else "the families each was not trained on"
+    return f"Which detector transfers: ranked by mean AP on {unseen} (Avg above; 50 is chance): {ranked}."
+
+
 def render_tables(
     tables: dict[str, ResultsTable], cfg: DemoConfig, spec: str, spread: pd.DataFrame | None = None
 ) -> str:
@@ -918,6 +927,8 @@ def render_tables(
         f"{', '.join(f'{k}={v}' for k, v in cfg.train_overrides)}.",
         "",
         tables["summary"].to_markdown(caption=_summary_caption(cfg)),
+        transfer_ranking(tables["summary"], cfg),
+        "",
     ]
     if spread is not None:
         lines.append(spread_markdown(spread, protocol=cfg.protocol, labels=cfg.method_labels()))
@@ -935,7 +946,11 @@ def summary_text(result: DemoResult) -> str:
     cfg = result.config or DemoConfig()
     loo = _loo(cfg)
     caption = _summary_caption(cfg) if loo else "Mean AP (%) on unseen families, per training family:"
-    parts = [_protocol_line(cfg) + "\n", result.tables["summary"].to_markdown(caption=caption)]
+    parts = [
+        _protocol_line(cfg) + "\n",
+        result.tables["summary"].to_markdown(caption=caption),
+        transfer_ranking(result.tables["summary"], cfg) + "\n",
+    ]
     if result.spread is not None:
         parts.append(spread_markdown(result.spread, acc_table=False, protocol=cfg.protocol, labels=cfg.method_labels()))
     for key, table in result.tables.items():
