@@ -357,3 +357,28 @@ def test_cli_grid_reports_crops(tiny, capsys, tmp_path):
     assert row["crops"] == 12  # ceil(500/224) x ceil(700/224) = 3 x 4
     info = read_detector(tiny["detector"])
     assert row["label"] == ("fake" if row["fake_probability"] > info.threshold else "real")
+
+
+def test_detect_and_serve_share_the_engine_flags(tiny, monkeypatch, capsys):
+    """detect and serve take the same engine flags (one definition): --compile reaches torch.compile from both
+    (here traced by the eager backend, in seconds), and --threshold outside [0, 1] is refused by both."""
+    import causalclip.cli.serve as serve_cli
+
+    det, good = str(tiny["detector"]), str(tiny["paths"][0])
+    real_compile, backends = torch.compile, []
+
+    def traced(model, *, backend):
+        backends.append(backend)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", traced)
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, **kw: None)
+    torch._dynamo.reset()
+    assert main(["detect", det, good, "--compile", "--batch-size", "2", "--format", "jsonl", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["error"] is None
+    assert main(["serve", det, "--compile", "--batch-size", "2", "--threads", "1"]) == 0
+    assert backends == ["inductor", "inductor"]
+    torch._dynamo.reset()
+    capsys.readouterr()
+    assert main(["serve", det, "--threshold", "1.5"]) == 2
+    assert "must be a probability" in capsys.readouterr().err

@@ -53,6 +53,56 @@ def engine_default(name: str) -> Any:
     return inspect.signature(DetectionEngine).parameters[name].default
 
 
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The :class:`DetectionEngine` options of ``detect`` and ``serve``: the same flags, defaults and help."""
+    p.add_argument(
+        "--crops",
+        choices=["center", "grid"],
+        default=engine_default("crops"),
+        help="center: the paper's single centre crop; grid: tiles over the whole image, probabilities averaged "
+        "(about one backbone pass per tile)",
+    )
+    p.add_argument(
+        "--max-crops",
+        type=int,
+        default=engine_default("max_crops"),
+        metavar="N",
+        help="at most N tiles per image with --crops grid (default %(default)s)",
+    )
+    p.add_argument("--threshold", type=float, help="label threshold (default: the detector's calibrated one)")
+    p.add_argument("--backbone", metavar="ID_OR_PATH", help="where the recorded CLIP model is (e.g. a local copy)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=engine_default("batch_size"),
+        help="backbone inputs per pass (default %(default)s, for a CPU; more on a GPU)",
+    )
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: as the features were made")
+    p.add_argument("--device", default=engine_default("device"))
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbone and run one pass of every batch size 1..--batch-size before scoring "
+        "(start-up takes longer: minutes for ViT-L/14 on a CPU; pays off on long runs and busy servers)",
+    )
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`DetectionEngine` keyword arguments of :func:`add_engine_arguments`' flags, checked."""
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold {args.threshold}: must be a probability in [0, 1]")
+    return {
+        "device": args.device,
+        "precision": args.precision,
+        "backbone_model": args.backbone,
+        "threshold": args.threshold,
+        "crops": args.crops,
+        "max_crops": args.max_crops,
+        "batch_size": args.batch_size,
+        "compile": args.compile,
+    }
+
+
 def _expand_in_order(inputs: list[str]) -> tuple[list[str], list, int, list[int]]:
     """expand_inputs, input by input, so that each unusable input keeps its place among the scored images:
     (paths, problems, skipped, for each problem the number of paths before it). Duplicates are scored once."""
@@ -88,8 +138,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise ValueError(f"--threshold {args.threshold}: must be a probability in [0, 1]")
+    options = engine_options(args)
     paths, problems, skipped, at = _expand_in_order(args.inputs)
     if args.quiet:  # transformers draws its own "Loading weights" bar
         try:
@@ -98,17 +147,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             hf_logging.disable_progress_bar()
         except ImportError:
             pass
-    engine = DetectionEngine(
-        args.detector,
-        device=args.device,
-        precision=args.precision,
-        backbone_model=args.backbone,
-        threshold=args.threshold,
-        crops=args.crops,
-        max_crops=args.max_crops,
-        batch_size=args.batch_size,
-        workers=args.workers,
-    )
+    engine = DetectionEngine(args.detector, workers=args.workers, **options)
     n_fake = n_real = 0
     bad = list(problems)
     target = open(args.output, "w", encoding="utf-8", newline="") if args.output else nullcontext(sys.stdout)  # noqa: SIM115
@@ -165,32 +204,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders or glob patterns ('imgs/**/*.png')")
     p.add_argument("--format", choices=["table", "csv", "jsonl"], default="table", help="output format")
     p.add_argument("-o", "--output", metavar="FILE", help="write the results here instead of stdout")
-    p.add_argument(
-        "--crops",
-        choices=["center", "grid"],
-        default=engine_default("crops"),
-        help="center: the paper's single centre crop; grid: tiles over the whole image, probabilities averaged "
-        "(about one backbone pass per tile)",
-    )
-    p.add_argument(
-        "--max-crops",
-        type=int,
-        default=engine_default("max_crops"),
-        metavar="N",
-        help="at most N tiles per image with --crops grid (default %(default)s)",
-    )
-    p.add_argument("--threshold", type=float, help="label threshold (default: the detector's calibrated one)")
+    add_engine_arguments(p)
     p.add_argument("--fail-on-fake", action="store_true", help="exit 3 if any image is labelled fake")
-    p.add_argument("--backbone", metavar="ID_OR_PATH", help="where the recorded CLIP model is (e.g. a local copy)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=engine_default("batch_size"),
-        help="backbone inputs per pass (default %(default)s, for a CPU; more on a GPU)",
-    )
     p.add_argument("--workers", type=int, default=engine_default("workers"), help="decoding threads (%(default)s)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: as the features were made")
-    p.add_argument("--device", default=engine_default("device"))
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_detect)

@@ -20,7 +20,7 @@ from ..serve.limits import (
     DEFAULT_SHUTDOWN_GRACE_S,
     MIB,
 )
-from .detect import engine_default
+from .detect import add_engine_arguments, engine_options
 
 
 def default_threads() -> int:
@@ -99,14 +99,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_queued_images=args.max_queued_images,
         deadline_s=args.deadline,
         api_key=api_key,
-        device=args.device,
-        precision=args.precision,
-        backbone_model=args.backbone,
-        threshold=args.threshold,
-        crops=args.crops,
-        max_crops=args.max_crops,
-        batch_size=args.batch_size,
-        compile=args.compile,
+        **engine_options(args),
     )
     engine = app.state.engine
     auth = "API key required on /v1/" if api_key else "no authentication"
@@ -188,27 +181,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="largest request body (MiB, default %(default)g)",
     )
     p.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES, help="files per request (%(default)s)")
-    p.add_argument(
-        "--crops", choices=["center", "grid"], default=engine_default("crops"), help="as in `causalclip detect`"
-    )
-    p.add_argument(
-        "--max-crops",
-        type=int,
-        default=engine_default("max_crops"),
-        metavar="N",
-        help="with --crops grid: at most N tiles per image (%(default)s)",
-    )
-    p.add_argument("--threshold", type=float, help="label threshold (default: the detector's)")
-    p.add_argument("--backbone", metavar="ID_OR_PATH", help="where the recorded CLIP model is (e.g. a local copy)")
-    p.add_argument("--batch-size", type=int, default=engine_default("batch_size"), help="backbone inputs per pass")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: as the features were made")
-    p.add_argument("--device", default=engine_default("device"))
+    add_engine_arguments(p)
     p.add_argument("--threads", type=int, help="torch threads on CPU (default: all cores but one)")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the backbone and run one pass of every batch size 1..--batch-size before listening "
-        "(start-up takes longer: minutes for ViT-L/14 on a CPU; see the serving guide for when it pays)",
-    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_cmd_serve)
