@@ -185,13 +185,15 @@ async def sample_readiness(port: int, samples: list, phase: list[str], stop: asy
     while not stop.is_set():
         t = round(time.monotonic() - t0, 2)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(request)
-            answer = await reader.read()
-            writer.close()
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+            try:
+                writer.write(request)
+                answer = await asyncio.wait_for(reader.read(), 2)
+            finally:
+                writer.close()
             body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
             samples.append((t, phase[0], body["status"], body["queued_images"], body.get("loop_lag_s")))
-        except (OSError, ValueError, IndexError, KeyError):
+        except (OSError, TimeoutError, ValueError, IndexError, KeyError):
             samples.append((t, phase[0], "no answer", None, None))
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.5)

@@ -155,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_DEADLINE_S,
         metavar="S",
         help="seconds from a request's arrival until its answer is due: a request that would be answered later "
-        "gets 503 instead, and while the server runs more than half of it behind new requests get 503 "
+        "gets 503 instead, and while the server runs too far behind to answer in time new requests get 503 "
         "(%(default)g)",
     )
     p.add_argument(

@@ -50,8 +50,13 @@ CROP_MODES = ("center", "grid")
 _PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # How often a waiting caller looks at its cancel event (the queue wait itself cannot be woken by it).
 _CANCEL_POLL_S = 0.05
-# Passes whose time per input predicts the next pass's (their median: one slow pass, e.g. the first, does not count).
+# Passes whose time per input predicts the next pass's (their median: one slow pass, e.g. the first, does not count),
+# if they ended within the last _PASS_WINDOW_S seconds; older ones predict nothing.
 _PASS_HISTORY = 9
+_PASS_WINDOW_S = 5.0
+# A pass runs at least this often while jobs are queued, even one predicted to answer late: a prediction that
+# drops every job would otherwise never be measured again (no pass, no new time).
+_PROBE_AFTER_S = 1.0
 
 
 # ------------------------------------------------------------------------------------------ backbone identity
@@ -316,7 +321,8 @@ class DetectionEngine:
         self.dropped = 0  # queued requests dropped unscored (deadline passed or cancelled)
         # Seconds per backbone input of the latest passes (inference thread only): predicts whether a pass would
         # end after a queued job's deadline, see _run_queued.
-        self._pass_seconds: collections.deque[float] = collections.deque(maxlen=_PASS_HISTORY)
+        self._pass_seconds: collections.deque[tuple[float, float]] = collections.deque(maxlen=_PASS_HISTORY)
+        self._last_pass = -math.inf  # time.monotonic() when the latest pass started
         if self.compiled:
             self.warm_up()
 
@@ -410,8 +416,10 @@ class DetectionEngine:
         thread) drop the request from the queue while no pass has taken it yet, raising :class:`DeadlineExceeded`
         or :class:`RequestCancelled`; a request already in a pass finishes (a pass is not interrupted). A pass is
         not started for a request it would answer after its deadline: the time per input of the latest passes
-        (:meth:`predicted_pass_seconds`), times the pass's inputs, predicts when the pass ends (on a CPU a pass costs about its inputs
-        times one input's pass; where batching is cheaper, as on a GPU, the prediction errs late, towards scoring).
+        (:meth:`predicted_pass_seconds`), times the pass's inputs, predicts when the pass ends. On a CPU a pass costs
+        about its inputs times one input's pass; where batching is cheaper (a GPU) times measured on small passes
+        overestimate large ones and the reverse, so there the deadline is kept less exactly. A pass runs at least
+        once a second while requests wait, whatever the prediction, so that a stale one is measured again.
         A server uses them so that work nobody waits for any more never costs a forward pass, and so that an
         answer does not come later than the deadline its client was promised.
         """
@@ -464,22 +472,31 @@ class DetectionEngine:
 
     def predicted_pass_seconds(self, inputs: int) -> float:
         """Seconds a pass over ``inputs`` backbone inputs is expected to take: the time per input of the latest
-        passes times ``inputs`` (0 before the first pass). The time per input is the larger of their median and the
-        very latest pass's: one slow pass long ago does not count, but a slowdown that has just begun (a burst whose
-        decoding competes with the passes for the cores) counts at once."""
-        history = list(self._pass_seconds)
-        return max(float(np.median(history)), history[-1]) * inputs if history else 0.0
+        passes of the last 5 s times ``inputs`` (0 when there are none). The time per input is the larger of their
+        median and the very latest pass's: one slow pass among them does not count, but a slowdown that has just
+        begun (a burst whose decoding competes with the passes for the cores) counts at once."""
+        now = time.monotonic()
+        recent = [per_input for ended, per_input in list(self._pass_seconds) if ended >= now - _PASS_WINDOW_S]
+        return max(float(np.median(recent)), recent[-1]) * inputs if recent else 0.0
+
+    def planned_pass_seconds(self, inputs: int) -> float:
+        """What to plan a pass over ``inputs`` inputs for: :meth:`predicted_pass_seconds`, or 0 when no pass has run
+        for a second (the next one is a probe that runs whatever the prediction, see :meth:`probabilities`).
+        Admission uses it too, so that a stale prediction cannot refuse every request before a pass measures again."""
+        return 0.0 if time.monotonic() - self._last_pass >= _PROBE_AFTER_S else self.predicted_pass_seconds(inputs)
 
     def _run_queued(self) -> None:
         """Under ``_lock``: one pass over the oldest queued jobs that fit in a batch (at least one job).
 
         A job whose deadline has passed, or would pass before a pass over it alone ends, is dropped unscored; a
-        job that would make the pass end after the deadline of a job already in it waits for the next pass."""
+        job that would make the pass end after the deadline of a job already in it waits for the next pass. When
+        no pass has run for _PROBE_AFTER_S, the oldest job whose deadline has not passed runs whatever the
+        prediction (a probe: the prediction may be stale)."""
         with self._cond:
             jobs, n, now, due = [], 0, time.monotonic(), math.inf
             while self._queue and (not jobs or n + len(self._queue[0].pixels) <= self.batch_size):
                 job = self._queue[0]
-                ends = now + self.predicted_pass_seconds(n + len(job.pixels))
+                ends = now + self.planned_pass_seconds(n + len(job.pixels))
                 if job.deadline is not None and (now >= job.deadline or (not jobs and ends > job.deadline)):
                     self._queue.popleft()  # nobody waits for it any more, or its answer would come too late
                     self.dropped += 1
@@ -500,10 +517,12 @@ class DetectionEngine:
         if not jobs:
             return
         self.passes += 1
-        started = time.monotonic()
+        started = self._last_pass = time.monotonic()
         try:
             probs = self._forward(np.concatenate([j.pixels for j in jobs]))
-            self._pass_seconds.append((time.monotonic() - started) / n)
+            if n:  # a request of no inputs measures nothing
+                ended = time.monotonic()
+                self._pass_seconds.append((ended, (ended - started) / n))
             offset = 0
             for j in jobs:
                 j.result = probs[offset : offset + len(j.pixels)]

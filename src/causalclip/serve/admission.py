@@ -128,7 +128,11 @@ class LoopLag:
         """Start measuring on the running event loop (once per loop; a test's new loop gets a new ticker)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._task is None or self._task.done():
+            old_loop, old_task = self._loop, self._task
+            if old_task is not None and not old_task.done() and old_loop is not None and not old_loop.is_closed():
+                old_loop.call_soon_threadsafe(old_task.cancel)  # one ticker at a time, on the loop in use
             self._loop, self._last_tick = loop, time.monotonic()
+            self._samples.clear()
             self._task = loop.create_task(self._tick(), name="causalclip-loop-lag")
 
     async def _tick(self) -> None:

@@ -16,8 +16,9 @@ is due, counted from the request's arrival (admission time minus the event loop'
 how long the request waited before the server could read it): an admitted request that would not be answered by
 then (its pass's predicted end plus the loop's lag for the way back) gets 503 too, unscored, as soon as that is
 known; one whose client went away is dropped from the queue.
-While the event loop runs more than half the deadline behind (a flood of connections), new requests get 503
-before their body is parsed. With ``api_key`` every ``/v1/`` route needs ``Authorization: Bearer <key>`` (checked
+While the event loop runs so far behind (a flood of connections) that a new request could not be answered in
+time (twice the lag, for the way in and the way back, plus one input's pass reach the deadline), new requests get
+503 before their body is parsed. With ``api_key`` every ``/v1/`` route needs ``Authorization: Bearer <key>`` (checked
 before the body is parsed); the page, the docs and the health routes stay open.
 
 Decoding and inference run in worker threads (never on the event loop, which keeps ``/healthz`` answered under
@@ -32,6 +33,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -144,8 +146,9 @@ async def _no_receive() -> Message:
 _TICKET = "causalclip_ticket"  # key of the request's admission ticket in scope["state"] (request.state)
 
 
-def _busy(admission: Admission, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, 503, headers={"Retry-After": str(admission.retry_after())})
+def _busy(admission: Admission, detail: str, *, at_least: float = 0) -> JSONResponse:
+    retry = max(admission.retry_after(), math.ceil(at_least))
+    return JSONResponse({"detail": detail}, 503, headers={"Retry-After": str(retry)})
 
 
 # A refused request's body is read and discarded up to this size before the refusal is sent: a server that closes
@@ -172,15 +175,15 @@ async def _drain(scope: Scope, receive: Receive) -> None:
 class Gate:
     """ASGI middleware in front of everything else, so that refusals cost no parsing and no admission: the API
     key on ``/v1/`` routes (401), and admission of ``POST /v1/detect`` (503 with Retry-After when the queue is full,
-    when the event loop runs more than ``max_lag_s`` behind, or when the server is shutting down). A refused body
+    when the event loop runs more than ``lag_limit()`` behind, or when the server is shutting down). A refused body
     is discarded, not parsed (see _DRAIN_LIMIT). An admitted request holds one image's place until its response
     has been sent; the route raises it to the request's number of files. Its deadline counts from its estimated
     arrival: admission time minus the loop's current lag (:class:`~causalclip.serve.admission.LoopLag`)."""
 
     def __init__(
-        self, app: ASGIApp, *, admission: Admission, lag: LoopLag, max_lag_s: float, api_key: str | None
+        self, app: ASGIApp, *, admission: Admission, lag: LoopLag, lag_limit: Callable[[], float], api_key: str | None
     ) -> None:
-        self.app, self.admission, self.lag, self.max_lag_s = app, admission, lag, max_lag_s
+        self.app, self.admission, self.lag, self.lag_limit = app, admission, lag, lag_limit
         self.api_key = None if api_key is None else api_key.encode("ascii")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -208,14 +211,15 @@ class Gate:
             await self.app(scope, receive, send)
             return
         lag = self.lag.current()
-        if lag > self.max_lag_s:  # it could hardly be answered within the deadline: refuse it before parsing it
+        if lag > self.lag_limit():  # it could not be answered within the deadline: refuse it before parsing it
             ticket, why = None, f"overloaded: requests wait {lag:.2f} s before it reads them"
         else:
             ticket = self.admission.admit(1, waited=lag)
             why = "shutting down" if self.admission.closed else f"busy: {self.admission.capacity} images queued"
         if ticket is None:
             await _drain(scope, receive)
-            await _busy(self.admission, f"the server is {why}; retry later")(scope, _no_receive, send)
+            busy = _busy(self.admission, f"the server is {why}; retry later", at_least=lag)
+            await busy(scope, _no_receive, send)
             return
         scope.setdefault("state", {})[_TICKET] = ticket
         try:
@@ -335,8 +339,13 @@ def create_app(
         engine = DetectionEngine(detector, max_pixels=max_pixels, **engine_options)
     decode_slots = threading.BoundedSemaphore(max_concurrent_decodes)
     admission = Admission(capacity=max_queued_images)
-    # A request that waited half its deadline before admission could see it is refused rather than admitted.
-    loop_lag, max_lag_s = LoopLag(), deadline_s / 2
+    loop_lag = LoopLag()
+
+    def lag_limit() -> float:
+        """The event-loop lag beyond which a new request could not be answered in time: it waits that long to be
+        read and again for its answer to be sent, and its pass takes the engine's planned time for one input."""
+        return max(0.0, (deadline_s - engine.planned_pass_seconds(1)) / 2)
+
     limits = {
         "max_upload_bytes": max_upload_bytes,
         "max_request_bytes": max_request_bytes,
@@ -357,7 +366,7 @@ def create_app(
     app.state.admission = admission
     app.state.loop_lag = loop_lag
     app.add_middleware(BodyLimit, limit=max_request_bytes)
-    app.add_middleware(Gate, admission=admission, lag=loop_lag, max_lag_s=max_lag_s, api_key=api_key)  # runs first
+    app.add_middleware(Gate, admission=admission, lag=loop_lag, lag_limit=lag_limit, api_key=api_key)  # runs first
     _mount_docs(app)
     if not any(getattr(r, "path", None) == "/docs" for r in app.routes):
         from fastapi.openapi.docs import get_swagger_ui_html
@@ -394,6 +403,9 @@ def create_app(
                 raise RequestCancelled()
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded("deadline passed while waiting to decode")
+        if time.monotonic() + engine.planned_pass_seconds(len(items)) >= deadline:  # no decoding for nothing
+            decode_slots.release()
+            raise DeadlineExceeded("would not be answered by its deadline")
         try:
             prepared = []
             for name, data in items:
@@ -425,9 +437,9 @@ def create_app(
             422: {"model": ErrorResponse, "description": "no 'files' part, or a part is not a usable image"},
             503: {
                 "model": ErrorResponse,
-                "description": "the queue is full, the server is shutting down, its event loop runs more than half "
-                "the deadline behind (overloaded), or the request would not be answered within the deadline; nothing "
-                "was scored",
+                "description": "the queue is full, the server is shutting down, its event loop runs too far behind "
+                "to answer within the deadline (overloaded), or the request would not be answered within the "
+                "deadline; nothing was scored",
                 "headers": retry_after,
             },
         },
@@ -503,11 +515,11 @@ def create_app(
         },
     )
     async def readyz() -> Any:
-        lag = loop_lag.current()
+        lag, limit = loop_lag.current(), lag_limit()
         state = (
             "draining" if admission.closed
             else "full" if not admission.accepting
-            else "overloaded" if lag > max_lag_s
+            else "overloaded" if lag > limit
             else "ready"
         )  # fmt: skip
         body = {
@@ -515,7 +527,7 @@ def create_app(
             "queued_images": admission.pending,
             "max_queued_images": admission.capacity,
             "loop_lag_s": round(lag, 4),
-            "max_loop_lag_s": max_lag_s,
+            "max_loop_lag_s": round(limit, 4),
         }
         if state == "ready":
             return body
