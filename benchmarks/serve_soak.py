@@ -6,7 +6,8 @@
    1/rate s, whatever the server does), while the server's RSS is read every second.
 3. **Overload**: --bursts bursts of --burst-seconds each at --overload x capacity (5x), --pause seconds apart.
 
-Reported per phase: latency p50/p95/p99 (all answers, and 200s alone), counts by status, connection failures, the
+Reported per phase: latency p50/p95/p99 (all answers, and 200s alone, as the client measured them and as the
+server did in its Server-Timing header, from the request's estimated arrival), counts by status, connection failures, the
 offered and achieved rates; RSS over time. The targets (exit status 1 if one is missed): no 5xx other than 503, some
 503 under overload, RSS growth under 10% over the soak (median of its last tenth against its first tenth), and
 p95 latency in every burst no worse than the server's deadline plus --slack seconds (default 0), and bursts that
@@ -28,6 +29,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from serve_load import _cpu_name, _rss_mb, build_detector, free_port, make_images
+
+# The server's own time of an answer, from its estimated arrival (causalclip serve's Server-Timing header).
+_SERVER_TIMING = re.compile(rb"(?im)^server-timing:\s*total;dur=([0-9.]+)")
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -53,15 +58,18 @@ class Recorder:
 
     def __init__(self, name: str) -> None:
         self.name, self.latencies, self.ok_latencies = name, [], []
+        self.server_ok_latencies: list[float] = []  # the server's own time of each 200 (Server-Timing)
         self.statuses: dict[str, int] = {}
         self.failures: list[str] = []
         self.t0 = self.t1 = time.monotonic()
         self.sent = 0
 
-    def add(self, status: int, seconds: float) -> None:
+    def add(self, status: int, seconds: float, server_seconds: float | None = None) -> None:
         self.latencies.append(seconds)
         if status == 200:
             self.ok_latencies.append(seconds)
+            if server_seconds is not None:
+                self.server_ok_latencies.append(server_seconds)
         self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
 
     def summary(self) -> dict:
@@ -80,6 +88,7 @@ class Recorder:
             "failure_examples": self.failures[:3],
             "latency_ms_all": _percentiles(self.latencies),
             "latency_ms_200": _percentiles(self.ok_latencies),
+            "server_timing_ms_200": _percentiles(self.server_ok_latencies),
         }
 
 
@@ -119,7 +128,8 @@ async def _one(port: int, request: bytes, rec: Recorder) -> None:
     except (IndexError, ValueError):
         rec.failures.append(f"no HTTP answer ({len(answer)} bytes)")
         return
-    rec.add(status, time.perf_counter() - t0)
+    timing = _SERVER_TIMING.search(answer.split(b"\r\n\r\n", 1)[0])
+    rec.add(status, time.perf_counter() - t0, float(timing.group(1)) / 1000 if timing else None)
 
 
 async def closed_loop(port, requests, n: int, concurrency: int, rec: Recorder) -> None:
@@ -287,6 +297,7 @@ async def run_all(port: int, pid: int, images: list[bytes], args) -> dict:
     for rec in recs:
         all_burst.latencies += rec.latencies
         all_burst.ok_latencies += rec.ok_latencies
+        all_burst.server_ok_latencies += rec.server_ok_latencies
         all_burst.sent += rec.sent
         all_burst.failures += rec.failures
         for k, v in rec.statuses.items():
@@ -395,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{ph['phase']:>10}: sent {ph['requests_sent']} in {ph['wall_s']:.0f} s (offered {ph['offered_rps']:.1f}/s, "
             + (f"started at {ph['started_rps']:.1f}/s of {ph['target_rps']:.1f}/s, " if "started_rps" in ph else "")
             + f"200s {ph['answered_200_rps']:.1f}/s); statuses {ph['status_counts']}; failures "
-            f"{ph['connection_failures']}; ms p50/p95/p99 all {fmt(a)}, 200s {fmt(ok)}"
+            f"{ph['connection_failures']}; ms p50/p95/p99 all {fmt(a)}, 200s {fmt(ok)}, "
+            f"200s by the server's Server-Timing {fmt(ph['server_timing_ms_200'])}"
         )
         if "readiness" in ph:
             r = ph["readiness"]

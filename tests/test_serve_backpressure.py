@@ -510,3 +510,30 @@ def test_pass_time_prediction_follows_a_slowdown_at_once_and_forgets_an_old_outl
     assert engine.predicted_pass_seconds(2) >= 0.4
     run(0.02)  # over: back to the median
     assert engine.predicted_pass_seconds(2) < 0.1
+
+
+def test_admitted_answers_say_the_servers_own_time_in_server_timing(tiny, engine, monkeypatch):
+    """Every answer to an admitted request carries Server-Timing total;dur=<ms from its estimated arrival>: at
+    least the time its forward pass was held here, at most what the client measured."""
+    held = HeldPasses(engine, monkeypatch)
+    app = create_app(engine, max_files=2, max_queued_images=4, deadline_s=30)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as c:
+            t0 = time.perf_counter()
+            task = asyncio.create_task(c.post("/v1/detect", files=_files(1, tiny["png"])))
+            await _await_until(held.entered.is_set)
+            await asyncio.sleep(0.3)
+            held.release.set()
+            r = await asyncio.wait_for(task, 20)
+            return r, time.perf_counter() - t0, await c.get("/healthz")
+
+    try:
+        r, elapsed, health = asyncio.run(scenario())
+    finally:
+        held.release.set()
+    assert r.status_code == 200
+    name, _, value = r.headers["server-timing"].partition(";dur=")
+    assert name == "total" and 300 <= float(value) <= 1000 * elapsed
+    assert "server-timing" not in health.headers  # only admitted work is timed

@@ -222,8 +222,18 @@ class Gate:
             await busy(scope, _no_receive, send)
             return
         scope.setdefault("state", {})[_TICKET] = ticket
+
+        async def timed_send(message: Message) -> None:
+            # Server-Timing (W3C): the seconds from the request's estimated arrival to its answer, as the deadline
+            # counts them, so a client can tell the server's time from the network's and its own.
+            if message["type"] == "http.response.start":
+                ms = 1000 * (time.monotonic() - ticket.arrived)
+                headers = [*message.get("headers", ()), (b"server-timing", f"total;dur={ms:.1f}".encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, timed_send)
         finally:
             self.admission.release(ticket)
 
