@@ -136,7 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=sorted(HEADS) + sorted(NETWORKS),
         default=DEFAULT_HEAD,
         metavar="METHOD",
-        help=f"heads on cached features: {', '.join(sorted(HEADS))}; networks trained on images: {methods} "
+        help=f"heads on cached features: {', '.join(sorted(HEADS))} (clipping needs CLIP image_embeds features "
+        f"and the extract extra: docs/guides/clipping.md); networks trained on images: {methods} "
         "(default: %(default)s)",
     )
     t.add_argument(
@@ -172,6 +173,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-per-class", type=int, help="at most N images per generator and class (seeded)")
     g.add_argument("--workers", type=int, help="data-loading worker processes (default 2)")
     g.add_argument(
-        "--imagenet-weights", metavar="FILE", help="torchvision ResNet-50 ImageNet file (CNNSpot starts from it)"
+        "--imagenet-weights",
+        metavar="FILE",
+        help="torchvision ResNet-50 ImageNet file: the ResNet-50 of CNNSpot, Fusing and LGrad starts from it "
+        "(without it they train from scratch)",
     )
     t.set_defaults(func=_cmd_train)

@@ -303,7 +303,10 @@ class DetectionEngine:
                 try:
                     model = self.backbone.model
                 except BackboneError as exc:  # combined forensic backbones have no one network to compile
-                    raise DetectorError(f"{det.folder}: cannot compile this backbone: {exc}") from exc
+                    raise DetectorError(
+                        f"{det.folder}: cannot compile this backbone: {exc}; compile needs a detector made with "
+                        "one backbone (a CLIP, or e.g. `causalclip demo --backbone spectrum:size=64`)"
+                    ) from exc
                 backend = "inductor" if compile is True else compile
                 self.backbone.model = torch.compile(model, backend=backend)
         self.threshold = det.threshold if threshold is None else float(threshold)
