@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from causalclip import open_feature_set
+from causalclip.core.machine import cpu_model
 from causalclip.core.revision import code_revision
 
 NPR_LEVEL = 18  # 3 channels x 3 offsets x 2 statistics (log mean |r|, log RMS r): the per-phase means
@@ -73,16 +73,6 @@ def statistics(x: np.ndarray, cols: dict[str, slice]) -> dict[str, float]:
     }
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo-dir", required=True, type=Path, help="output folder of `causalclip demo`")
@@ -110,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `python benchmarks/demo_feature_stats.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
         f"Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M')} UTC; script at "
         f"{code_revision()}; features {folder} made at {demo.get('code_revision', 'unknown')}; machine "
-        f"{cpu_name()}, {os.cpu_count()} CPUs.",
+        f"{cpu_model()}, {os.cpu_count()} CPUs.",
         "",
         f"| {args.split} tiles | n | spectrum, rings {spec.stop - spec.start - 3}-{spec.stop - spec.start} (corners) "
         "| NPR level, log mean abs residual | NPR 2x2 periodicity |",

@@ -18,8 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from causalclip.core.machine import cpu_model
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import _cpu_name, build_detector, make_images  # noqa: E402
+from serve_load import build_detector, make_images  # noqa: E402
 
 SIZES = ((224, 224), (512, 384), (1024, 768), (2048, 1536))
 
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     report = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "backbone": args.backbone,
         "precision": engines["center"].precision,
         "max_crops": args.max_crops,

@@ -29,6 +29,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from causalclip.core.machine import cpu_model
+
 VIT_L14 = {
     "hidden_size": 1024,
     "intermediate_size": 4096,
@@ -51,15 +53,7 @@ def vit_flops(cfg: dict) -> float:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.python_version()}"
 
 
 def matmul_ceiling(dtype: torch.dtype, seconds: float = 2.0) -> float:

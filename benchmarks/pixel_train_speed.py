@@ -65,6 +65,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from causalclip.core.io import write_text
+from causalclip.core.machine import cpu_model
 from causalclip.demo.build import BUILD_SIZES
 from causalclip.demo.run import DEFAULT_NETWORK_TRAIN, DEMO_NETWORKS, network_architecture
 from causalclip.networks.registry import NETWORKS, Recipe, build_network, get_network_method
@@ -84,16 +85,6 @@ RESNET50_FORWARD_GMAC = 4.1  # torchvision ResNet-50 at 224 x 224, the figure us
 
 # ---------------------------------------------------------------------------------------------------------
 # machine and load
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def git_commit() -> str:

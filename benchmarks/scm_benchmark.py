@@ -35,6 +35,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from causalclip import evaluate, load_head, open_feature_set, resolve_run_config, train, write_feature_set
+from causalclip.core.machine import cpu_model
 from causalclip.core.revision import code_revision
 from causalclip.features.synthetic import SCMSpec, write_scm_benchmark
 from causalclip.heads.causalclip import ABLATIONS, CausalCLIPConfig
@@ -395,16 +396,8 @@ def select(df: pd.DataFrame, score: str, tie: str) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

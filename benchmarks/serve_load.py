@@ -34,6 +34,43 @@ from pathlib import Path
 
 import numpy as np
 
+from causalclip.core.machine import cpu_model
+
+
+def start_server(detector: Path, port: int, serve_args: list[str]) -> subprocess.Popen:
+    """`causalclip serve DETECTOR` on 127.0.0.1:``port`` in a subprocess (offline), warnings only."""
+    cmd = [sys.executable, "-m", "causalclip", "serve", str(detector), "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.Popen([*cmd, "--log-level", "warning", *serve_args], env=env)
+
+
+def wait_ready(server: subprocess.Popen, base: str, limit: float = 180) -> float:
+    """Seconds until ``server`` answers /healthz; RuntimeError if it exits first or takes over ``limit`` s."""
+    import httpx
+
+    t0 = time.monotonic()
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with status {server.returncode} before answering")
+        try:
+            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - t0 > limit:
+            raise RuntimeError(f"the server did not answer /healthz within {limit:g} s")
+        time.sleep(0.2)
+
+
+def stop_server(server: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 60) -> int:
+    """Send ``sig``, wait up to ``grace`` s (then kill); the exit status."""
+    server.send_signal(sig)
+    try:
+        return server.wait(grace)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        return server.wait()
+
 
 def _rss_mb(pid: int) -> dict[str, float]:
     """VmRSS (now) and VmHWM (peak) of a process, from /proc (Linux)."""
@@ -46,16 +83,6 @@ def _rss_mb(pid: int) -> dict[str, float]:
     except OSError:
         pass
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def build_detector(folder: Path, backbone: str) -> Path:
@@ -185,26 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         detector = Path(args.detector) if args.detector else build_detector(Path(tmp), args.backbone)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "causalclip", "serve", str(detector), "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--log-level", "warning", *args.serve_args.split()]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         t_start = time.perf_counter()
-        server = subprocess.Popen(cmd, env=env)
+        server = start_server(detector, port, args.serve_args.split())
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                if server.poll() is not None:
-                    print(f"the server exited with status {server.returncode} before answering", file=sys.stderr)
-                    return 2
-                try:
-                    if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    print("the server did not answer /healthz within 180 s", file=sys.stderr)
-                    return 2
-                time.sleep(0.2)
+            try:
+                wait_ready(server, base)
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+                return 2
             startup_s = time.perf_counter() - t_start
             rss_started = _rss_mb(server.pid)
             model = httpx.get(base + "/v1/model", timeout=10).json()
@@ -218,15 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             result = rounds[0]
             rss_after = _rss_mb(server.pid)
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server, signal.SIGINT, 30)
     report = {
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),

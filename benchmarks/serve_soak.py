@@ -30,8 +30,6 @@ import json
 import os
 import platform
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_load import _cpu_name, _rss_mb, build_detector, free_port, make_images
+from causalclip.core.machine import cpu_model
+from serve_load import _rss_mb, build_detector, free_port, make_images, start_server, stop_server, wait_ready
 
 # The server's own time of an answer, from its estimated arrival (causalclip serve's Server-Timing header).
 _SERVER_TIMING = re.compile(rb"(?im)^server-timing:\s*total;dur=([0-9.]+)")
@@ -340,37 +339,19 @@ def main(argv: list[str] | None = None) -> int:
         detector = Path(args.detector) if args.detector else build_detector(Path(tmp), args.backbone)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "causalclip", "serve", str(detector), "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["--log-level", "warning", "--deadline", str(args.deadline)]
-        cmd += ["--max-queued-images", str(args.max_queued_images), *args.serve_args.split()]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        server = subprocess.Popen(cmd, env=env)
+        serve_args = ["--deadline", str(args.deadline), "--max-queued-images", str(args.max_queued_images)]
+        server = start_server(detector, port, [*serve_args, *args.serve_args.split()])
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                if server.poll() is not None:
-                    print(f"the server exited with status {server.returncode} before answering", file=sys.stderr)
-                    return 2
-                try:
-                    if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    print("the server did not answer /healthz within 180 s", file=sys.stderr)
-                    return 2
-                time.sleep(0.2)
+            try:
+                wait_ready(server, base)
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+                return 2
             model = httpx.get(base + "/v1/model", timeout=10).json()
             images = make_images(8, (w, h))
             result = asyncio.run(asyncio.wait_for(run_all(port, server.pid, images, args), args.time_limit))
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        exit_status = server.returncode
+            exit_status = stop_server(server)
     over, soak, rss = result["overload"], result["soak"], result["rss"]
     phases = [result["capacity"], soak, *result["bursts"]]
     targets = {
@@ -387,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "server exit status 0 after SIGTERM": exit_status == 0,
     }
     report = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "detector": {k: model.get(k) for k in ("backbone", "feature_dim", "crops", "device", "precision")},
         "server": {
             "deadline_s": args.deadline,

@@ -25,8 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_load import _cpu_name, _rss_mb, build_detector, free_port, make_images, run_load
+from causalclip.core.machine import cpu_model
+from serve_load import _rss_mb, build_detector, free_port, make_images, run_load, start_server, stop_server, wait_ready
 
 CONFIGS = {
     "bf16": {"threads": None, "compile": False},
@@ -64,36 +63,22 @@ def bare_forward(detector: Path, threads: int, compiled: bool, reps: int) -> dic
     return {"median_s": float(np.median(times)), "min_s": float(np.min(times))}
 
 
-def start_server(detector: Path, port: int, threads: int | None, compiled: bool) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "causalclip", "serve", str(detector), "--port", str(port), "--precision", "bf16"]
-    cmd += ["--log-level", "warning"] + (["--threads", str(threads)] if threads else [])
-    return subprocess.Popen(cmd + (["--compile"] if compiled else []), env=env)
-
-
-def wait_ready(server: subprocess.Popen, base: str, limit: float = 300) -> float:
-    import httpx
-
-    t0 = time.monotonic()
-    while True:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with status {server.returncode}")
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - t0 > limit:
-            raise RuntimeError(f"the server did not answer /healthz within {limit} s")
-        time.sleep(0.5)
+def serve_args(threads: int | None, compiled: bool) -> list[str]:
+    """`causalclip serve` options of one configuration: bf16, its threads, --compile."""
+    return [
+        "--precision",
+        "bf16",
+        *(["--threads", str(threads)] if threads else []),
+        *(["--compile"] if compiled else []),
+    ]
 
 
 def measure(detector: Path, name: str, threads, compiled: bool, images, args) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(detector, port, threads, compiled)
+    server = start_server(detector, port, serve_args(threads, compiled))
     try:
-        startup = wait_ready(server, base)
+        startup = wait_ready(server, base, limit=300)
         t0 = time.perf_counter()
         warm = asyncio.run(run_load(base, images, args.warmup, 1, 600))
         warm_s = time.perf_counter() - t0
@@ -101,12 +86,7 @@ def measure(detector: Path, name: str, threads, compiled: bool, images, args) ->
         multi = asyncio.run(run_load(base, images, args.multi, 20, args.time_limit))
         rss = _rss_mb(server.pid)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     keep = ("requests_sent", "status_counts", "n_5xx", "connection_failures", "wall_s", "throughput_rps", "latency_ms")
     return {
         "config": name,
@@ -171,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 best_threads = fastest["threads"]
     report = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "image": "512x384 JPEG q90",

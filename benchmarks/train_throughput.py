@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from causalclip.core.machine import cpu_model
+
 REQUIRED_SAMPLES_PER_S = 5000.0
 PROGAN_TRAIN_ROWS = 720_000
 REQUIRED_EPOCH_S = 150.0
@@ -70,16 +72,6 @@ SET_VERSION = 1  # bump when the layout of the generated set changes, so a kept 
 
 # ---------------------------------------------------------------------------------------------------------
 # machine and load
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info() -> dict[str, Any]:

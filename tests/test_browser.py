@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib
 import os
 import shutil
 import socket
@@ -14,11 +13,7 @@ import time
 
 import pytest
 
-
-def _need(name: str, reason: str | None = None):
-    """The package, or a skip outside CI; CI installs every extra (.ci/run), so there a missing one fails."""
-    return importlib.import_module(name) if os.environ.get("CI") else pytest.importorskip(name, reason=reason)
-
+from _needs import need as _need
 
 CHROMIUM = os.environ.get("CAUSALCLIP_CHROMIUM", "/usr/bin/chromium")
 _need("transformers")

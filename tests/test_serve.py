@@ -4,9 +4,7 @@ inference off the event loop, and the self-contained page."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
-import os
 import re
 import shutil
 import struct
@@ -16,11 +14,7 @@ import zlib
 import numpy as np
 import pytest
 
-
-def _need(name: str, reason: str | None = None):
-    """The package, or a skip outside CI; CI installs every extra (.ci/run), so there a missing one fails."""
-    return importlib.import_module(name) if os.environ.get("CI") else pytest.importorskip(name, reason=reason)
-
+from _needs import need as _need
 
 _need("transformers")
 _need("fastapi")

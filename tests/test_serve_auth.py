@@ -5,18 +5,11 @@ routes, the page or the docs."""
 from __future__ import annotations
 
 import hmac
-import importlib
-import os
 
 import pytest
 
+from _needs import need as _need
 from causalclip.serve.auth import API_KEY_ENV, AuthConfigError, is_loopback, resolve_api_key
-
-
-def _need(name: str, reason: str | None = None):
-    """The package, or a skip outside CI; CI installs every extra (.ci/run), so there a missing one fails."""
-    return importlib.import_module(name) if os.environ.get("CI") else pytest.importorskip(name, reason=reason)
-
 
 KEY = "k3y-0123456789abcdefghij"
 

@@ -7,19 +7,13 @@ not races against the machine's speed."""
 from __future__ import annotations
 
 import asyncio
-import importlib
-import os
 import threading
 import time
 
 import numpy as np
 import pytest
 
-
-def _need(name: str, reason: str | None = None):
-    """The package, or a skip outside CI; CI installs every extra (.ci/run), so there a missing one fails."""
-    return importlib.import_module(name) if os.environ.get("CI") else pytest.importorskip(name, reason=reason)
-
+from _needs import need as _need
 
 _need("transformers")
 _need("fastapi")

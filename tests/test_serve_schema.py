@@ -5,16 +5,9 @@ operation; benchmarks/fuzz_api.py runs the same checks for longer."""
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
 
-
-def _need(name: str):
-    """The package, or a skip outside CI; CI installs every extra, so there a missing one fails instead."""
-    return importlib.import_module(name) if os.environ.get("CI") else pytest.importorskip(name)
-
+from _needs import need as _need
 
 _need("transformers")
 _need("fastapi")

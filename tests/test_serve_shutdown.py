@@ -6,7 +6,6 @@ sends half of it), so the test needs no slow model and no hook inside the server
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -17,11 +16,7 @@ import time
 
 import pytest
 
-
-def _need(name: str, reason: str | None = None):
-    """The package, or a skip outside CI; CI installs every extra (.ci/run), so there a missing one fails."""
-    return importlib.import_module(name) if os.environ.get("CI") else pytest.importorskip(name, reason=reason)
-
+from _needs import need as _need
 
 _need("transformers")
 _need("fastapi")
